@@ -1,0 +1,25 @@
+"""Task-distribution environments for metarl; importing this package registers them with gymnasium.
+
+Every env is registered under the ``metarl/`` namespace, so ``gymnasium.make("metarl/Navigation2D-v0")``
+works once ``envs`` is imported (``import metarl`` imports it too).
+"""
+
+import gymnasium as gym
+
+from envs.base import TASK_PROTOCOL, TaskEnv, missing_protocol, task_to_json
+from envs.navigation import GoalTask, Navigation2DEnv
+
+__all__ = ["TASK_PROTOCOL", "GoalTask", "Navigation2DEnv", "TaskEnv", "missing_protocol", "task_to_json"]
+
+
+def _register(env_id: str, **kwargs) -> None:
+    # Re-importing (e.g. under pytest's module reloading) must not warn about re-registration.
+    if env_id not in gym.registry:
+        gym.register(id=env_id, **kwargs)
+
+
+_register(
+    "metarl/Navigation2D-v0",
+    entry_point="envs.navigation:Navigation2DEnv",
+    max_episode_steps=100,
+)

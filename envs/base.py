@@ -1,0 +1,65 @@
+"""The task-distribution protocol that every metarl task environment implements.
+
+A task env is an ordinary gymnasium env that additionally carries a *task* (a goal, a target
+velocity, a set of dynamics parameters). The task is drawn with ``sample_tasks`` from the env's own
+seeded generator (``env.np_random``, seeded by ``reset(seed=...)``), installed with ``set_task``,
+read back with ``get_task``, survives ``reset`` and is reported in ``info["task"]``.
+
+Tasks are small frozen dataclasses: they pickle, compare by value and serialise to JSON with
+``task_to_json``, so they can be logged and stored beside evaluations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+
+#: Methods a task env must provide; the sampler checks them before a run starts.
+TASK_PROTOCOL = ("sample_tasks", "set_task", "get_task")
+
+
+class TaskEnv(gym.Env):
+    """Base class for task-distribution envs.
+
+    Subclasses implement ``sample_tasks``, ``set_task`` and ``get_task``. The ``task`` property lets
+    vector envs install one task per sub-environment with ``envs.set_attr("task", tasks)``.
+    """
+
+    def sample_tasks(self, num_tasks: int) -> list[Any]:
+        """Draw ``num_tasks`` tasks from the task distribution with ``self.np_random``."""
+        raise NotImplementedError
+
+    def set_task(self, task: Any) -> None:
+        """Install ``task``; it persists across ``reset``."""
+        raise NotImplementedError
+
+    def get_task(self) -> Any:
+        """The task currently installed."""
+        raise NotImplementedError
+
+    @property
+    def task(self) -> Any:
+        return self.get_task()
+
+    @task.setter
+    def task(self, task: Any) -> None:
+        self.set_task(task)
+
+
+def missing_protocol(env: gym.Env) -> list[str]:
+    """Names of the task-protocol methods that ``env.unwrapped`` lacks (empty when complete)."""
+    base = env.unwrapped
+    return [name for name in TASK_PROTOCOL if not callable(getattr(base, name, None))]
+
+
+def task_to_json(task: Any) -> Any:
+    """A JSON-serialisable form of a task (dataclasses become dicts, tuples become lists)."""
+    if dataclasses.is_dataclass(task) and not isinstance(task, type):
+        return {f.name: task_to_json(getattr(task, f.name)) for f in dataclasses.fields(task)}
+    if isinstance(task, (tuple, list)):
+        return [task_to_json(v) for v in task]
+    if hasattr(task, "tolist"):  # numpy scalars and arrays
+        return task.tolist()
+    return task

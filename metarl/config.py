@@ -1,0 +1,307 @@
+"""Typed experiment configuration: nested dataclasses, loaded from YAML, overridden by ``dotted.key=value``.
+
+Every field is checked against its annotation; a bad key or value raises :class:`ConfigError`
+naming the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad configuration input (unknown key, wrong type, value out of range)."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "metarl/Navigation2D-v0"
+    """Registered gymnasium id of the task env (see ``metarl envs``)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor kwargs passed to ``gymnasium.make``."""
+
+
+@dataclass
+class PolicyConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])
+    """Widths of the hidden layers of the Gaussian MLP policy."""
+    nonlinearity: str = "relu"
+    """Hidden activation: relu or tanh."""
+    init_std: float = 1.0
+    """Initial standard deviation of every action dimension."""
+
+
+@dataclass
+class SamplerConfig:
+    episodes_per_task: int = 20
+    """Episodes sampled per task for each inner step and for the validation (post-adaptation) batch."""
+    horizon: int | None = None
+    """Steps per episode; null takes the env's max_episode_steps."""
+    vectorization: str = "auto"
+    """auto (the env's own vector entry point if any, else sync), sync, async or vector_entry_point."""
+
+
+@dataclass
+class MAMLConfig:
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration."""
+    inner_steps: int = 1
+    """Inner VPG steps per task, with fresh episodes after each."""
+    inner_lr: float = 0.1
+    """Inner-loop step size alpha."""
+    first_order: bool = False
+    """Treat the inner gradient as a constant (FOMAML) instead of differentiating through it."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
+    baseline_ridge: float = 1e-5
+    """Initial ridge coefficient of the per-task linear feature baseline fit."""
+    normalize_advantages: bool = True
+    """Standardise advantages per task."""
+
+
+@dataclass
+class TRPOConfig:
+    max_kl: float = 0.01
+    """Bound on the mean KL between the old and new post-adaptation policies."""
+    cg_iters: int = 10
+    """Conjugate-gradient iterations (Hessian-vector products) per meta-update."""
+    cg_damping: float = 1e-5
+    """Damping added to the KL Hessian."""
+    line_search_steps: int = 15
+    """Backtracking line-search candidates before the step is reverted."""
+    backtrack_ratio: float = 0.8
+    """Step shrink factor between line-search candidates."""
+
+
+@dataclass
+class EvalConfig:
+    num_tasks: int = 40
+    """Held-out test tasks."""
+    seed: int = 1000
+    """Seed of the test tasks (fixed, independent of the training seed)."""
+    num_steps: int = 3
+    """Report returns after 0..num_steps adaptation steps."""
+    step_sizes: list[float] = field(default_factory=lambda: [0.1, 0.05])
+    """Step size of each adaptation step; the last one repeats."""
+    episodes_per_task: int = 40
+    """Episodes per task and step."""
+    at_end: bool = True
+    """Run the evaluation when training finishes."""
+
+
+@dataclass
+class RunConfig:
+    iterations: int = 500
+    """Meta-iterations."""
+    seed: int = 0
+    """Seed of torch, numpy, the training tasks and the sampler."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda or cuda:N."""
+    output_dir: str = "runs"
+    """Parent folder of run directories."""
+    name: str | None = None
+    """Run directory name; null makes one from the env and the time."""
+    checkpoint_every: int = 50
+    """Write checkpoints/last.pt every this many iterations (and at the end)."""
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    maml: MAMLConfig = field(default_factory=MAMLConfig)
+    trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# Choices and ranges checked after the types.
+CHOICES = {
+    "policy.nonlinearity": ("relu", "tanh"),
+    "sampler.vectorization": ("auto", "sync", "async", "vector_entry_point"),
+}
+POSITIVE = {
+    "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",
+    "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "eval.num_tasks", "eval.episodes_per_task",
+    "run.iterations", "run.checkpoint_every",
+}
+NON_NEGATIVE = {"maml.inner_steps", "eval.num_steps", "trpo.cg_damping", "maml.baseline_ridge"}
+UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    return {int: "int", float: "float", str: "str", bool: "bool"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                pass
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = _field_types(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed in {prefix or 'config'}: {', '.join(hints)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp, path = hints[name], f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _from_dict(tp, value, path) if dataclasses.is_dataclass(tp) else _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> None:
+    flat = to_flat_dict(config)
+    for path, allowed in CHOICES.items():
+        if flat[path] not in allowed:
+            raise ConfigError(f"{path}: must be one of {', '.join(allowed)}, got {flat[path]!r}")
+    for path in POSITIVE:
+        if flat[path] is not None and flat[path] <= 0:
+            raise ConfigError(f"{path}: must be > 0, got {flat[path]!r}")
+    for path in NON_NEGATIVE:
+        if flat[path] < 0:
+            raise ConfigError(f"{path}: must be >= 0, got {flat[path]!r}")
+    for path in UNIT_INTERVAL:
+        if not 0.0 <= flat[path] <= 1.0:
+            raise ConfigError(f"{path}: must be in [0, 1], got {flat[path]!r}")
+    if not config.policy.hidden_sizes or min(config.policy.hidden_sizes) <= 0:
+        raise ConfigError(f"policy.hidden_sizes: must be a non-empty list of positive ints, got {config.policy.hidden_sizes}")
+    if not config.eval.step_sizes or min(config.eval.step_sizes) <= 0:
+        raise ConfigError(f"eval.step_sizes: must be a non-empty list of positive floats, got {config.eval.step_sizes}")
+    if config.maml.inner_steps < 1:
+        raise ConfigError(f"maml.inner_steps: must be >= 1, got {config.maml.inner_steps}")
+    device = config.run.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"run.device: must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_flat_dict(config: Config) -> dict[str, Any]:
+    """``{"section.field": value}`` for every field."""
+    return {f"{section}.{key}": value for section, fields in to_dict(config).items() for key, value in fields.items()}
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    config = _from_dict(Config, data, "")
+    _validate(config)
+    return config
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"maml.inner_lr=0.5"`` -> (["maml", "inner_lr"], 0.5); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected dotted.key=value, e.g. run.iterations=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``dotted.key=value`` in the nested dict ``data`` (a copy is returned)."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    for text in overrides:
+        keys, value = parse_override(text)
+        node, cls, prefix = data, Config, ""
+        for depth, key in enumerate(keys):
+            hints = _field_types(cls) if cls is not None else None
+            if hints is not None and key not in hints:
+                raise ConfigError(f"unknown key {prefix}{key}; allowed in {prefix[:-1] or 'config'}: {', '.join(hints)}")
+            last = depth == len(keys) - 1
+            if last:
+                node[key] = value
+            else:
+                tp = hints[key] if hints is not None else None
+                cls = tp if dataclasses.is_dataclass(tp) else None  # below a plain mapping (env.kwargs) anything goes
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+                prefix += f"{key}."
+    return data
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then the overrides; validated."""
+    data: dict[str, Any] = to_dict(Config())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        data = _merge(data, loaded, "")
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "kwargs":
+            merged[key] = _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def dump(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

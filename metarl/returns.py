@@ -1,0 +1,150 @@
+"""Returns, advantages and the linear feature baseline: pure functions over padded episode batches.
+
+Every function takes tensors shaped ``[..., H]`` (any leading batch dims, time last) together with a
+``mask`` of the same shape that is 1.0 for steps that happened (up to and including the terminal
+step) and 0.0 for padding after termination. Padded steps never leak into the results.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"shape mismatch: {shapes}")
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """Reward-to-go ``G_t = m_t (r_t + gamma * G_{t+1})`` with ``G_H = 0``.
+
+    Args:
+        rewards, mask: ``[..., H]``.
+        gamma: discount factor in [0, 1].
+    Returns:
+        ``[..., H]`` discounted returns, zero on padded steps.
+    """
+    _check_same_shape(rewards=rewards, mask=mask)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = mask[..., t] * (rewards[..., t] + gamma * running)
+        returns[..., t] = running
+    return returns
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """Generalised advantage estimation (Schulman et al., 2016).
+
+    ``delta_t = r_t + gamma * m_{t+1} V_{t+1} - V_t`` and
+    ``A_t = m_t (delta_t + gamma * lam * A_{t+1})``, with ``V_H = A_H = 0``: episodes are not
+    bootstrapped at the horizon, as in the MAML reference implementations. With ``lam = 1`` this is
+    ``G_t - V_t``.
+
+    Args:
+        rewards, values, mask: ``[..., H]``.
+    Returns:
+        ``[..., H]`` advantages, zero on padded steps.
+    """
+    _check_same_shape(rewards=rewards, values=values, mask=mask)
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    next_value = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        delta = rewards[..., t] + gamma * next_value - values[..., t]
+        running = mask[..., t] * (delta + gamma * lam * running)
+        advantages[..., t] = running
+        next_value = values[..., t]
+    return advantages
+
+
+def baseline_features(observations: Tensor, mask: Tensor) -> Tensor:
+    """Features of the linear baseline: ``[o, o^2, t, t^2, t^3, 1]`` with ``t = step / 100``.
+
+    Observations are clipped to [-10, 10] as in the reference implementations.
+
+    Args:
+        observations: ``[..., H, obs_dim]``; mask: ``[..., H]``.
+    Returns:
+        ``[..., H, 2 * obs_dim + 4]``, zero on padded steps.
+    """
+    if observations.shape[:-1] != mask.shape:
+        raise ValueError(f"observations {tuple(observations.shape)} do not match mask {tuple(mask.shape)}")
+    obs = observations.clamp(-10.0, 10.0)
+    horizon = mask.shape[-1]
+    t = torch.arange(horizon, dtype=obs.dtype, device=obs.device) / 100.0
+    t = t.expand(mask.shape).unsqueeze(-1)
+    features = torch.cat([obs, obs**2, t, t**2, t**3, torch.ones_like(t)], dim=-1)
+    return features * mask.unsqueeze(-1)
+
+
+def linear_feature_baseline(
+    observations: Tensor, returns: Tensor, mask: Tensor, ridge: float = 1e-5, max_tries: int = 5
+) -> Tensor:
+    """Per-task least-squares value estimate fitted on the task's own episodes.
+
+    For each task (leading dim) solve ``(X^T X + c I) w = X^T G`` over that task's valid steps, where
+    ``X`` are :func:`baseline_features` and ``G`` the returns; ``c`` starts at ``ridge`` and grows
+    tenfold (up to ``max_tries`` times) while the system is numerically singular. The fit runs in
+    float64.
+
+    Args:
+        observations: ``[T, E, H, obs_dim]``; returns, mask: ``[T, E, H]``.
+    Returns:
+        ``[T, E, H]`` baseline values ``X w``, zero on padded steps.
+    """
+    _check_same_shape(returns=returns, mask=mask)
+    if returns.dim() != 3:
+        raise ValueError(f"expected [task, episode, time] returns, got shape {tuple(returns.shape)}")
+    features = baseline_features(observations, mask).double()
+    num_tasks, num_features = features.shape[0], features.shape[-1]
+    x = features.reshape(num_tasks, -1, num_features)
+    g = (returns * mask).double().reshape(num_tasks, -1, 1)
+    xtx = x.transpose(1, 2) @ x
+    xtg = x.transpose(1, 2) @ g
+    eye = torch.eye(num_features, dtype=xtx.dtype, device=xtx.device)
+    weights = torch.zeros(num_tasks, num_features, 1, dtype=xtx.dtype, device=xtx.device)
+    pending = torch.ones(num_tasks, dtype=torch.bool, device=xtx.device)
+    coeff = ridge
+    for _ in range(max_tries):
+        chol, info = torch.linalg.cholesky_ex(xtx + coeff * eye)
+        solved = (info == 0) & pending
+        if solved.any():
+            weights[solved] = torch.cholesky_solve(xtg[solved], chol[solved])
+            pending &= ~solved
+        if not pending.any():
+            break
+        coeff *= 10.0
+    if pending.any():
+        raise FloatingPointError(
+            f"linear baseline fit failed for tasks {pending.nonzero().flatten().tolist()} "
+            f"even with ridge {coeff:g}; observations may contain NaN or inf"
+        )
+    values = (x @ weights).reshape(returns.shape)
+    return values.to(returns.dtype) * mask
+
+
+def normalize_advantages(advantages: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Standardise advantages per task over its valid steps: ``(A - mean) / (std + eps)``.
+
+    Args:
+        advantages, mask: ``[T, ...]``; statistics are taken over all dims but the first.
+    Returns:
+        Same shape, zero on padded steps. ``std`` is the population standard deviation.
+    """
+    _check_same_shape(advantages=advantages, mask=mask)
+    dims = tuple(range(1, advantages.dim()))
+    count = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (advantages * mask).sum(dim=dims, keepdim=True) / count
+    var = (((advantages - mean) * mask) ** 2).sum(dim=dims, keepdim=True) / count
+    return (advantages - mean) / (var.sqrt() + eps) * mask
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over valid steps per task: ``sum(m * x) / sum(m)`` over all dims but the first -> ``[T]``."""
+    _check_same_shape(values=values, mask=mask)
+    dims = tuple(range(1, values.dim()))
+    return (values * mask).sum(dim=dims) / mask.sum(dim=dims).clamp_min(1.0)

@@ -1,0 +1,164 @@
+"""Collect episodes for a batch of tasks at once through gymnasium's vector API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+import envs  # noqa: F401  (registers the metarl/ task envs)
+from envs.base import missing_protocol
+from metarl.episodes import Episodes
+from metarl.policy import GaussianMLPPolicy, Params
+
+VECTORIZATION_MODES = ("auto", "sync", "async", "vector_entry_point")
+
+
+class TaskEnvError(ValueError):
+    """A task env that metarl cannot train on (missing protocol, unsupported spaces, unknown id)."""
+
+
+def registered_task_env_ids() -> list[str]:
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("metarl/"))
+
+
+def check_task_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
+    """Build one instance of ``env_id`` and check that the sampler can run it; returns the env.
+
+    Raises:
+        TaskEnvError: naming the unknown id, the missing protocol methods or the unsupported space.
+    """
+    if env_id not in gym.registry:
+        raise TaskEnvError(
+            f"env.id: unknown env {env_id!r}; registered task envs: {', '.join(registered_task_env_ids())} "
+            "(a user env must be registered with gymnasium.register before the run starts)"
+        )
+    try:
+        env = gym.make(env_id, **(env_kwargs or {}))
+    except TypeError as exc:
+        raise TaskEnvError(f"env.kwargs: {env_id} rejected its kwargs {env_kwargs}: {exc}") from exc
+    missing = missing_protocol(env)
+    if missing:
+        env.close()
+        raise TaskEnvError(f"{env_id} does not implement the task protocol: missing {', '.join(missing)}")
+    for name in ("observation_space", "action_space"):
+        space = getattr(env, name)
+        if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):
+            env.close()
+            raise TaskEnvError(f"{env_id}: the sampler needs a flat Box {name}, got {space}")
+    return env
+
+
+class Sampler:
+    """Runs T tasks x E episodes as one vector env of T*E sub-environments, each on its own task.
+
+    Episodes last ``horizon`` steps; steps after an episode terminates are masked out (the vector
+    env autoresets them, and whatever they return is ignored). Actions for all sub-environments come
+    from one policy forward pass per step.
+
+    Args:
+        env_id, env_kwargs: the registered task env and its constructor kwargs.
+        horizon: steps per episode; defaults to the env's ``max_episode_steps``.
+        vectorization: "auto" (the env's own vector entry point if it registers one, else sync),
+            "sync", "async" or "vector_entry_point".
+        device: where observations are sent for the policy.
+        seed: seeds the env resets and the action noise.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any] | None = None,
+        horizon: int | None = None,
+        vectorization: str = "auto",
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ):
+        if vectorization not in VECTORIZATION_MODES:
+            raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
+        probe = check_task_env(env_id, env_kwargs)
+        self.observation_space, self.action_space = probe.observation_space, probe.action_space
+        probe.close()
+        self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.horizon = horizon or gym.spec(env_id).max_episode_steps
+        if not self.horizon or self.horizon <= 0:
+            raise TaskEnvError(f"sampler.horizon: {env_id} registers no max_episode_steps; set a positive horizon")
+        self.vectorization = vectorization
+        self.device = torch.device(device)
+        self._reset_seeds = np.random.default_rng(seed)
+        self._noise = torch.Generator(device=self.device).manual_seed(seed)
+        self._vector_envs: dict[int, gym.vector.VectorEnv] = {}
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observation_space.shape[0]
+
+    @property
+    def act_dim(self) -> int:
+        return self.action_space.shape[0]
+
+    def _vector_env(self, num_envs: int) -> gym.vector.VectorEnv:
+        if num_envs not in self._vector_envs:
+            mode = None if self.vectorization == "auto" else self.vectorization
+            spec = gym.spec(self.env_id)
+            uses_entry_point = mode == "vector_entry_point" or (mode is None and spec.vector_entry_point is not None)
+            vector_kwargs = None if uses_entry_point else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+            envs = gym.make_vec(
+                self.env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **self.env_kwargs
+            )
+            if envs.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
+                raise TaskEnvError(f"{self.env_id}: the sampler needs a vector env that autoresets")
+            self._vector_envs[num_envs] = envs
+        return self._vector_envs[num_envs]
+
+    def state_dict(self) -> dict[str, Any]:
+        """RNG state of resets and action noise (for checkpoints)."""
+        return {"reset_seeds": self._reset_seeds.bit_generator.state, "noise": self._noise.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._reset_seeds.bit_generator.state = state["reset_seeds"]
+        self._noise.set_state(state["noise"])
+
+    @torch.no_grad()
+    def sample(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
+        """Run ``episodes_per_task`` episodes on each task.
+
+        Args:
+            policy: the policy module (its parameters are not used unless ``params`` is them).
+            params: shared parameters, or per-task parameters with a leading dim ``len(tasks)``.
+            tasks: one task per row of the returned batch.
+        Returns:
+            :class:`Episodes` shaped ``[len(tasks), episodes_per_task, horizon]``.
+        """
+        num_tasks, num_episodes, horizon = len(tasks), episodes_per_task, self.horizon
+        envs = self._vector_env(num_tasks * num_episodes)
+        envs.set_attr("task", [task for task in tasks for _ in range(num_episodes)])
+        obs, _ = envs.reset(seed=int(self._reset_seeds.integers(2**31 - 1)))
+
+        shape = (num_tasks, num_episodes, horizon)
+        observations = torch.zeros(*shape, self.obs_dim, device=self.device)
+        actions = torch.zeros(*shape, self.act_dim, device=self.device)
+        rewards = torch.zeros(shape, device=self.device)
+        mask = torch.zeros(shape, device=self.device)
+        alive = np.ones(num_tasks * num_episodes, dtype=bool)
+        for t in range(horizon):
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(num_tasks, num_episodes, -1)
+            mean, std = policy.mean_std(obs_t, params)
+            action = mean + std * torch.randn(mean.shape, generator=self._noise, device=self.device)
+            observations[:, :, t] = obs_t
+            actions[:, :, t] = action
+            mask[:, :, t] = torch.as_tensor(alive.reshape(num_tasks, num_episodes), device=self.device)
+            obs, reward, terminated, truncated, _ = envs.step(action.reshape(num_tasks * num_episodes, -1).cpu().numpy())
+            rewards[:, :, t] = torch.as_tensor(reward * alive, dtype=torch.float32, device=self.device).reshape(num_tasks, num_episodes)
+            alive &= ~(terminated | truncated)
+            if not alive.any():
+                break
+        return Episodes(observations, actions, rewards, mask, list(tasks))
+
+    def close(self) -> None:
+        for envs in self._vector_envs.values():
+            envs.close()
+        self._vector_envs.clear()

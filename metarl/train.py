@@ -1,0 +1,210 @@
+"""Meta-training: the MAML-TRPO loop, the run directory and the end-of-run evaluation."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from tqdm import tqdm
+
+from metarl import config as cfg
+from metarl.checkpoint import load_checkpoint, save_checkpoint
+from metarl.evaluate import evaluate, format_table, test_tasks
+from metarl.maml import MetaBatch, adapt, trpo_meta_step
+from metarl.plots import plot_adaptation, plot_training
+from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
+from metarl.runtime import resolve_device, seed_everything
+from metarl.sampler import Sampler, check_task_env
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+@dataclass
+class Components:
+    """What a run is built from; building it validates the env, so bad input fails before any file is written."""
+
+    device: torch.device
+    sampler: Sampler
+    task_env: gym.Env
+    policy: GaussianMLPPolicy
+
+
+def build(config: cfg.Config) -> Components:
+    seed_everything(config.run.seed)
+    try:
+        device = resolve_device(config.run.device)
+    except ValueError as exc:
+        raise cfg.ConfigError(str(exc)) from exc
+    task_env = check_task_env(config.env.id, config.env.kwargs)
+    task_env.reset(seed=config.run.seed)
+    sampler = Sampler(
+        config.env.id,
+        config.env.kwargs,
+        horizon=config.sampler.horizon,
+        vectorization=config.sampler.vectorization,
+        device=device,
+        seed=config.run.seed,
+    )
+    policy = GaussianMLPPolicy(
+        sampler.obs_dim,
+        sampler.act_dim,
+        tuple(config.policy.hidden_sizes),
+        config.policy.nonlinearity,
+        config.policy.init_std,
+    ).to(device)
+    return Components(device, sampler, task_env, policy)
+
+
+def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
+    """Sample a meta-batch, adapt, sample after adaptation, and take one TRPO meta-step."""
+    maml, sampler, policy = config.maml, parts.sampler, parts.policy
+    advantage_args = (maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages)
+    tasks = parts.task_env.unwrapped.sample_tasks(maml.meta_batch_size)
+
+    start = time.perf_counter()
+    train_episodes = []
+    adapt_time = 0.0
+    params = detach_params(policy.parameters_dict())
+    for _ in range(maml.inner_steps):
+        episodes = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task)
+        episodes.compute_advantages(*advantage_args)
+        train_episodes.append(episodes)
+        adapt_start = time.perf_counter()
+        per_task = params if params["log_std"].dim() == 2 else expand_params(params, len(tasks))
+        params = detach_params(adapt(policy, per_task, episodes, maml.inner_lr, first_order=True))
+        adapt_time += time.perf_counter() - adapt_start
+    valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task)
+    valid.compute_advantages(*advantage_args)
+    sample_time = time.perf_counter() - start - adapt_time
+
+    update_start = time.perf_counter()
+    trpo = config.trpo
+    stats = trpo_meta_step(
+        policy,
+        MetaBatch(train_episodes, valid),
+        maml.inner_lr,
+        first_order=maml.first_order,
+        max_kl=trpo.max_kl,
+        cg_iters=trpo.cg_iters,
+        cg_damping=trpo.cg_damping,
+        line_search_steps=trpo.line_search_steps,
+        backtrack_ratio=trpo.backtrack_ratio,
+    )
+    update_time = time.perf_counter() - update_start
+    return {
+        "pre_return": train_episodes[0].mean_return(),
+        "post_return": valid.mean_return(),
+        "adapt_returns": [e.mean_return() for e in train_episodes[1:]],
+        "loss_before": stats.loss_before,
+        "loss_after": stats.loss_after,
+        "kl": stats.kl_after,
+        "grad_norm": stats.grad_norm,
+        "line_search_step": stats.line_search_step,
+        "step_accepted": stats.accepted,
+        "env_steps": sum(e.num_steps for e in train_episodes) + valid.num_steps,
+        "time_sampling": sample_time,
+        "time_adapt": adapt_time,
+        "time_update": update_time,
+    }
+
+
+def make_run_dir(config: cfg.Config) -> Path:
+    name = config.run.name or f"{config.env.id.split('/')[-1]}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(config.run.output_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise cfg.ConfigError(f"run.name: run directory {run_dir} already exists and is not empty; choose another run.name")
+    return run_dir
+
+
+def checkpoint_state(config: cfg.Config, parts: Components, iteration: int) -> dict[str, Any]:
+    return {
+        "iteration": iteration,
+        "policy": parts.policy.state_dict(),
+        "config": cfg.to_dict(config),
+        "sampler": parts.sampler.state_dict(),
+        "task_rng": parts.task_env.unwrapped.np_random.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train(config: cfg.Config, quiet: bool = False) -> Path:
+    """Meta-train as configured; returns the run directory.
+
+    The directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per meta-iteration),
+    ``checkpoints/last.pt``, ``training.png`` and, after the evaluation, ``eval.json`` and ``eval.png``.
+    """
+    run_dir = make_run_dir(config)
+    parts = build(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.dump(config, run_dir / "config.yaml")
+    say = (lambda *a: None) if quiet else (lambda text: tqdm.write(text))
+    say(f"run directory: {run_dir}  (device {parts.device})")
+
+    total_steps, start = 0, time.perf_counter()
+    bar = tqdm(range(config.run.iterations), desc="meta-training", unit="it", disable=quiet, dynamic_ncols=True)
+    with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+        for iteration in bar:
+            metrics = meta_iteration(config, parts)
+            total_steps += metrics["env_steps"]
+            metrics = {"iteration": iteration, **metrics, "total_env_steps": total_steps,
+                       "wall_time": time.perf_counter() - start}
+            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()
+            bar.set_postfix(pre=f"{metrics['pre_return']:.1f}", post=f"{metrics['post_return']:.1f}",
+                            kl=f"{metrics['kl']:.4f}", refresh=False)
+            done = iteration + 1
+            if done % config.run.checkpoint_every == 0 or done == config.run.iterations:
+                save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done))
+    bar.close()
+    metrics = read_metrics(run_dir)
+    plot_training(metrics, run_dir / "training.png", title=config.env.id)
+    say(f"trained {config.run.iterations} meta-iterations in {time.perf_counter() - start:.0f} s")
+    if config.eval.at_end:
+        result = run_evaluation(config, parts, run_dir)
+        say(format_table(result))
+    parts.sampler.close()
+    return run_dir
+
+
+def run_evaluation(config: cfg.Config, parts: Components, run_dir: Path) -> dict[str, Any]:
+    """The paper protocol on ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run_dir``."""
+    ev, maml = config.eval, config.maml
+    tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)
+    start = time.perf_counter()
+    result = evaluate(
+        parts.policy, parts.sampler, tasks, ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task,
+        maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages,
+    )
+    result = {"env": config.env.id, "eval_seed": ev.seed, **result, "time_s": time.perf_counter() - start}
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    plot_adaptation(result, run_dir / "eval.png", title=config.env.id, label=run_dir.name)
+    return result
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Re-run the evaluation of a finished (or checkpointed) run, with optional config overrides."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = cfg.load(config_path, overrides)
+    checkpoint = Path(checkpoint) if checkpoint else run_dir / CHECKPOINT
+    parts = build(config)
+    state = load_checkpoint(checkpoint, map_location=parts.device)
+    parts.policy.load_state_dict(state["policy"])
+    result = run_evaluation(config, parts, run_dir)
+    parts.sampler.close()
+    return result
