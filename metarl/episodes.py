@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from metarl.returns import discounted_returns, gae, linear_feature_baseline, normalize_advantages
@@ -70,8 +69,3 @@ class Episodes:
             advantages = normalize_advantages(advantages, self.mask)
         self.advantages = advantages
         return advantages
-
-    def to(self, device: torch.device | str) -> Episodes:
-        moved = {name: getattr(self, name).to(device) for name in ("observations", "actions", "rewards", "mask")}
-        advantages = None if self.advantages is None else self.advantages.to(device)
-        return Episodes(**moved, tasks=self.tasks, advantages=advantages)

@@ -169,8 +169,8 @@ def trpo_meta_step(
     loss, kl = _meta_objective(policy, theta, batch, inner_step_size, first_order, old)
     grad = flat(torch.autograd.grad(loss, tensors, retain_graph=True))
     fisher_product = hessian_vector_product(kl, tensors, damping=cg_damping)
-    direction = conjugate_gradient(fisher_product, grad, iters=cg_iters)
-    curvature = 0.5 * (direction @ fisher_product(direction))
+    direction, fisher_direction = conjugate_gradient(fisher_product, grad, iters=cg_iters)
+    curvature = 0.5 * (direction @ fisher_direction)
     loss_before = float(loss.item())
     grad_norm = float(grad.norm().item())
     if not torch.isfinite(curvature) or curvature <= 0:

@@ -70,14 +70,14 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
     start = time.perf_counter()
     train_episodes = []
     adapt_time = 0.0
-    params = detach_params(policy.parameters_dict())
+    params = detach_params(expand_params(policy.parameters_dict(), len(tasks)))
     for _ in range(maml.inner_steps):
         episodes = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task)
         episodes.compute_advantages(*advantage_args)
         train_episodes.append(episodes)
         adapt_start = time.perf_counter()
-        per_task = params if params["log_std"].dim() == 2 else expand_params(params, len(tasks))
-        params = detach_params(adapt(policy, per_task, episodes, maml.inner_lr, first_order=True))
+        # Only the values are needed to sample after adaptation; the meta-update rebuilds the graph.
+        params = detach_params(adapt(policy, params, episodes, maml.inner_lr, first_order=True))
         adapt_time += time.perf_counter() - adapt_start
     valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task)
     valid.compute_advantages(*advantage_args)
@@ -163,8 +163,9 @@ def train(config: cfg.Config, quiet: bool = False) -> Path:
                        "wall_time": time.perf_counter() - start}
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
+            steps_per_s = metrics["env_steps"] / (metrics["time_sampling"] + metrics["time_adapt"] + metrics["time_update"])
             bar.set_postfix(pre=f"{metrics['pre_return']:.1f}", post=f"{metrics['post_return']:.1f}",
-                            kl=f"{metrics['kl']:.4f}", refresh=False)
+                            kl=f"{metrics['kl']:.4f}", steps_per_s=f"{steps_per_s:.0f}", refresh=False)
             done = iteration + 1
             if done % config.run.checkpoint_every == 0 or done == config.run.iterations:
                 save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done))

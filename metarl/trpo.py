@@ -29,7 +29,7 @@ def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) ->
 
 def conjugate_gradient(
     matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``.
 
     Standard CG from ``x_0 = 0``: ``alpha_k = r_k^T r_k / p_k^T A p_k``, ``x += alpha p``,
@@ -40,11 +40,13 @@ def conjugate_gradient(
         matvec: the product ``v -> A v`` on flat vectors.
         b: flat right-hand side ``[n]``.
     Returns:
-        ``x`` of shape ``[n]``.
+        ``x`` and ``A x``, each ``[n]``. ``A x = sum_k alpha_k A p_k`` is accumulated from the products
+        CG already made, which saves TRPO one more (expensive) product when it scales the step.
     """
     if b.dim() != 1:
         raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
     x = torch.zeros_like(b)
+    a_x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     r_dot_r = r @ r
@@ -54,11 +56,12 @@ def conjugate_gradient(
         a_p = matvec(p)
         alpha = r_dot_r / (p @ a_p)
         x = x + alpha * p
+        a_x = a_x + alpha * a_p
         r = r - alpha * a_p
         new_r_dot_r = r @ r
         p = r + (new_r_dot_r / r_dot_r) * p
         r_dot_r = new_r_dot_r
-    return x
+    return x, a_x
 
 
 def flat(tensors: Sequence[Tensor]) -> Tensor:

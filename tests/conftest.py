@@ -1,0 +1,112 @@
+"""Shared fixtures: a counter task env for collector tests and tiny synthetic episode batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import metarl  # noqa: F401  (registers the metarl/ envs)
+from envs.base import TaskEnv
+from metarl.episodes import Episodes
+
+
+@dataclass(frozen=True)
+class LengthTask:
+    length: int
+
+
+class CounterEnv(TaskEnv):
+    """Observation ``[t, length]``; reward ``t + 1`` at step t; terminates after ``length`` steps."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self._task, self._t = LengthTask(3), 0
+
+    def sample_tasks(self, num_tasks):
+        return [LengthTask(int(n)) for n in self.np_random.integers(1, 6, size=num_tasks)]
+
+    def set_task(self, task):
+        self._task = task
+
+    def get_task(self):
+        return self._task
+
+    def _obs(self):
+        return np.array([self._t, self._task.length], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {"task": self._task}
+
+    def step(self, action):
+        self._t += 1
+        return self._obs(), float(self._t), self._t >= self._task.length, False, {"task": self._task}
+
+
+class NoProtocolEnv(gym.Env):
+    """A plain env without the task protocol."""
+
+    observation_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, dtype=np.float32), 0.0, False, False, {}
+
+
+class DiscreteTaskEnv(CounterEnv):
+    """Has the protocol but a discrete action space the Gaussian policy cannot drive."""
+
+    def __init__(self):
+        super().__init__()
+        self.action_space = spaces.Discrete(2)
+
+
+for _id, _cls in [("tests/Counter-v0", CounterEnv), ("tests/NoProtocol-v0", NoProtocolEnv), ("tests/Discrete-v0", DiscreteTaskEnv)]:
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=_cls, max_episode_steps=6)
+
+
+def synthetic_episodes(num_tasks=3, num_episodes=2, horizon=4, obs_dim=2, act_dim=2, seed=0, dtype=torch.float64):
+    """Random episodes with ragged termination and advantages already computed."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (num_tasks, num_episodes, horizon)
+    mask = torch.ones(shape, dtype=dtype)
+    lengths = torch.randint(1, horizon + 1, (num_tasks, num_episodes), generator=g)
+    mask = (torch.arange(horizon).expand(shape) < lengths.unsqueeze(-1)).to(dtype)
+    episodes = Episodes(
+        observations=torch.randn(*shape, obs_dim, generator=g, dtype=dtype),
+        actions=torch.randn(*shape, act_dim, generator=g, dtype=dtype),
+        rewards=torch.randn(shape, generator=g, dtype=dtype) * mask,
+        mask=mask,
+        tasks=list(range(num_tasks)),
+    )
+    episodes.compute_advantages(gamma=0.9, gae_lambda=0.95)
+    return episodes
+
+
+@pytest.fixture
+def tiny_run_args(tmp_path):
+    """Overrides that make a 2D-navigation training run take a few seconds."""
+    return [
+        f"run.output_dir={tmp_path}",
+        "run.iterations=2",
+        "maml.meta_batch_size=3",
+        "sampler.episodes_per_task=4",
+        "sampler.horizon=20",
+        "policy.hidden_sizes=[16,16]",
+        "trpo.cg_iters=3",
+        "eval.num_tasks=3",
+        "eval.episodes_per_task=3",
+        "eval.num_steps=2",
+    ]

@@ -1,0 +1,94 @@
+"""Every registered task env passes gymnasium's checker; 2D navigation follows the paper's definition."""
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from envs import GoalTask, missing_protocol, task_to_json
+from metarl.sampler import registered_task_env_ids
+
+ALL_IDS = registered_task_env_ids()
+
+
+def test_registry_has_navigation():
+    assert "metarl/Navigation2D-v0" in ALL_IDS
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_check_env_and_protocol(env_id):
+    env = gym.make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+    assert missing_protocol(env) == []
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_task_persists_across_resets_and_is_reported_in_info(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    task = env.unwrapped.sample_tasks(1)[0]
+    env.unwrapped.set_task(task)
+    for seed in (1, 2):
+        _, info = env.reset(seed=seed)
+        assert env.unwrapped.get_task() == task
+        assert info["task"] == task
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["task"] == task
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_seeded_sample_tasks_is_reproducible_and_pickles(env_id):
+    a, b = gym.make(env_id), gym.make(env_id)
+    a.reset(seed=7)
+    b.reset(seed=7)
+    tasks = a.unwrapped.sample_tasks(5)
+    assert tasks == b.unwrapped.sample_tasks(5)
+    assert tasks != a.unwrapped.sample_tasks(5)
+    assert pickle.loads(pickle.dumps(tasks)) == tasks
+    clone = pickle.loads(pickle.dumps(a.unwrapped))
+    assert clone.get_task() == a.unwrapped.get_task()
+
+
+def test_navigation_dynamics_reward_and_termination():
+    env = gym.make("metarl/Navigation2D-v0")
+    env.unwrapped.set_task(GoalTask(goal=(0.25, -0.1)))
+    obs, info = env.reset(seed=0)
+    assert np.array_equal(obs, np.zeros(2, dtype=np.float32))
+    obs, reward, terminated, truncated, _ = env.step(np.array([0.5, -0.05]))  # x clipped to 0.1
+    assert np.allclose(obs, [0.1, -0.05])
+    assert reward == pytest.approx(-np.hypot(0.15, 0.05))
+    assert not terminated and not truncated
+    env.step(np.array([0.1, -0.05]))
+    obs, reward, terminated, _, _ = env.step(np.array([0.05, 0.0]))  # lands exactly on the goal
+    assert np.allclose(obs, [0.25, -0.1])
+    assert terminated and reward == pytest.approx(0.0, abs=1e-7)
+
+
+def test_navigation_goals_are_uniform_in_the_square():
+    env = gym.make("metarl/Navigation2D-v0")
+    env.reset(seed=0)
+    goals = np.array([t.goal for t in env.unwrapped.sample_tasks(2000)])
+    assert goals.min() >= -0.5 and goals.max() <= 0.5
+    assert np.allclose(goals.mean(0), 0.0, atol=0.03) and np.allclose(goals.var(0), 1 / 12, atol=0.01)
+
+
+def test_navigation_truncates_at_the_registered_horizon():
+    env = gym.make("metarl/Navigation2D-v0")
+    env.unwrapped.set_task(GoalTask(goal=(0.5, 0.5)))
+    env.reset(seed=0)
+    for t in range(100):
+        _, _, terminated, truncated, _ = env.step(np.zeros(2))
+    assert truncated and not terminated
+
+
+def test_tasks_are_independent_between_instances_and_serialise():
+    a, b = gym.make("metarl/Navigation2D-v0"), gym.make("metarl/Navigation2D-v0")
+    a.unwrapped.set_task(GoalTask(goal=(0.1, 0.2)))
+    b.unwrapped.set_task({"goal": [0.3, 0.4]})
+    assert a.unwrapped.get_task() == GoalTask(goal=(0.1, 0.2))
+    assert task_to_json(b.unwrapped.get_task()) == {"goal": [0.3, 0.4]}
+    with pytest.raises(TypeError, match="GoalTask"):
+        a.unwrapped.set_task((0.1, 0.2))

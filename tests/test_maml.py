@@ -1,0 +1,153 @@
+"""MAML gradients against finite differences, batching against per-task computation, and the TRPO step."""
+
+import pytest
+import torch
+
+import metarl.maml as maml
+from metarl.episodes import Episodes
+from metarl.maml import MetaBatch, adapt_steps, log_probs, surrogate_loss, trpo_meta_step
+from metarl.policy import GaussianMLPPolicy, detach_params
+from metarl.trpo import flat, gaussian_kl
+
+from conftest import synthetic_episodes
+
+INNER_LR = 0.1
+
+
+def tiny_policy():
+    torch.manual_seed(0)
+    return GaussianMLPPolicy(2, 2, hidden_sizes=(5,), nonlinearity="tanh", init_std=0.8).double()
+
+
+def meta_loss(policy, theta, train, valid, old_log_prob, first_order, frozen=None):
+    """Post-adaptation surrogate. ``frozen`` replaces adaptation by theta - lr * fixed gradients."""
+    if frozen is None:
+        params = adapt_steps(policy, theta, train, INNER_LR, first_order)
+    else:
+        params = {k: p.unsqueeze(0) - INNER_LR * frozen[k] for k, p in theta.items()}
+    return surrogate_loss(log_probs(policy, params, valid), old_log_prob, valid.advantages, valid.mask).mean()
+
+
+def finite_difference_gradient(fn, theta, eps=1e-6):
+    names, base = list(theta), flat(list(theta.values())).detach()
+    grad = torch.zeros_like(base)
+    for i in range(base.numel()):
+        values = []
+        for sign in (1.0, -1.0):
+            shifted = base.clone()
+            shifted[i] += sign * eps
+            offset, params = 0, {}
+            for name in names:
+                n = theta[name].numel()
+                params[name] = shifted[offset : offset + n].view_as(theta[name])
+                offset += n
+            values.append(fn(params).item())
+        grad[i] = (values[0] - values[1]) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_second_order_meta_gradient_matches_finite_differences(inner_steps):
+    policy = tiny_policy()
+    theta = policy.parameters_dict()
+    train = [synthetic_episodes(seed=s) for s in range(inner_steps)]
+    valid = synthetic_episodes(seed=10)
+    old = log_probs(policy, detach_params(adapt_steps(policy, theta, train, INNER_LR)), valid).detach()
+
+    loss = meta_loss(policy, theta, train, valid, old, first_order=False)
+    analytic = flat(torch.autograd.grad(loss, list(theta.values())))
+    numeric = finite_difference_gradient(
+        lambda p: meta_loss(policy, p, train, valid, old, first_order=True), theta  # value only, full recompute
+    )
+    assert torch.allclose(analytic, numeric, atol=1e-7, rtol=1e-5)
+
+
+def test_first_order_meta_gradient_matches_finite_differences_with_frozen_inner_gradient():
+    policy = tiny_policy()
+    theta = policy.parameters_dict()
+    train, valid = [synthetic_episodes(seed=0)], synthetic_episodes(seed=10)
+    old = log_probs(policy, detach_params(adapt_steps(policy, theta, train, INNER_LR)), valid).detach()
+
+    loss = meta_loss(policy, theta, train, valid, old, first_order=True)
+    analytic = flat(torch.autograd.grad(loss, list(theta.values())))
+    # FOMAML differentiates theta -> theta - lr * g with g frozen at the current theta.
+    adapted = adapt_steps(policy, theta, train, INNER_LR, first_order=True)
+    frozen = {k: ((theta[k].unsqueeze(0) - adapted[k]) / INNER_LR).detach() for k in theta}
+    numeric = finite_difference_gradient(lambda p: meta_loss(policy, p, train, valid, old, True, frozen), theta)
+    assert torch.allclose(analytic, numeric, atol=1e-7, rtol=1e-5)
+
+    second = flat(torch.autograd.grad(meta_loss(policy, theta, train, valid, old, first_order=False), list(theta.values())))
+    assert not torch.allclose(analytic, second, atol=1e-4)  # the two estimators genuinely differ
+
+
+def _task_slice(episodes: Episodes, t: int) -> Episodes:
+    return Episodes(
+        episodes.observations[t : t + 1], episodes.actions[t : t + 1], episodes.rewards[t : t + 1],
+        episodes.mask[t : t + 1], episodes.tasks[t : t + 1], episodes.advantages[t : t + 1],
+    )
+
+
+def test_batched_meta_gradient_equals_sum_of_per_task_gradients():
+    policy = tiny_policy()
+    theta = policy.parameters_dict()
+    train, valid = [synthetic_episodes(seed=0)], synthetic_episodes(seed=10)
+    old = log_probs(policy, detach_params(adapt_steps(policy, theta, train, INNER_LR)), valid).detach()
+    batched = flat(torch.autograd.grad(meta_loss(policy, theta, train, valid, old, False), list(theta.values())))
+    per_task = sum(
+        flat(torch.autograd.grad(
+            meta_loss(policy, theta, [_task_slice(train[0], t)], _task_slice(valid, t), old[t : t + 1], False),
+            list(theta.values()),
+        ))
+        for t in range(valid.num_tasks)
+    ) / valid.num_tasks
+    assert torch.allclose(batched, per_task, atol=1e-12)
+
+
+def _post_adaptation_kl(policy, theta_old, theta_new, batch):
+    old = adapt_steps(policy, theta_old, batch.train, INNER_LR, first_order=True)
+    new = adapt_steps(policy, theta_new, batch.train, INNER_LR, first_order=True)
+    obs = batch.valid.observations.reshape(batch.valid.num_tasks, -1, 2)
+    (mo, so), (mn, sn) = policy.mean_std(obs, old), policy.mean_std(obs, new)
+    kl = gaussian_kl(mo, so, mn, sn).reshape(batch.valid.rewards.shape)
+    return ((kl * batch.valid.mask).sum((1, 2)) / batch.valid.mask.sum((1, 2))).mean().item()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_trpo_step_respects_the_kl_bound_and_lowers_the_loss(first_order):
+    policy = tiny_policy()
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    before = detach_params({k: v.clone() for k, v in policy.parameters_dict().items()})
+    max_kl = 1e-3
+    stats = trpo_meta_step(policy, batch, INNER_LR, first_order=first_order, max_kl=max_kl, cg_iters=10)
+    assert stats.accepted
+    assert stats.loss_after < stats.loss_before
+    kl = _post_adaptation_kl(policy, before, detach_params(policy.parameters_dict()), batch)
+    assert 0 < kl < max_kl
+    assert kl == pytest.approx(stats.kl_after, rel=1e-6)
+
+
+def test_trpo_step_reverts_parameters_when_line_search_fails(monkeypatch):
+    policy = tiny_policy()
+    batch = MetaBatch([synthetic_episodes(seed=1)], synthetic_episodes(seed=2))
+    before = flat(list(policy.parameters_dict().values())).detach().clone()
+
+    def failing_search(evaluate, loss_before, max_kl, **kwargs):
+        evaluate(1.0)  # moves the parameters...
+        return None, 0.0, 1.0  # ...but nothing was accepted
+
+    monkeypatch.setattr(maml, "backtracking_line_search", failing_search)
+    stats = trpo_meta_step(policy, batch, INNER_LR)
+    assert not stats.accepted
+    assert torch.equal(flat(list(policy.parameters_dict().values())).detach(), before)
+
+
+def test_policy_functional_call_with_per_task_parameters_matches_module():
+    policy = tiny_policy()
+    obs = torch.randn(3, 7, 2, dtype=torch.float64)
+    params = {k: torch.stack([v.detach() + 0.1 * t for t in range(3)]) for k, v in policy.parameters_dict().items()}
+    mean, std = policy.mean_std(obs, params)
+    for t in range(3):
+        single = {k: v[t] for k, v in params.items()}
+        m, s = policy.mean_std(obs[t], single)
+        assert torch.allclose(mean[t], m) and torch.allclose(std[t], s)
+    assert policy.mean_std(obs[0], policy.parameters_dict())[0].shape == (7, 2)

@@ -1,0 +1,87 @@
+"""The sampler on a counter env: shapes, masks, per-task assignment, determinism, errors."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import LengthTask
+from metarl.policy import GaussianMLPPolicy, expand_params
+from metarl.sampler import Sampler, TaskEnvError
+
+
+def make(seed=0, horizon=None):
+    sampler = Sampler("tests/Counter-v0", seed=seed, horizon=horizon)
+    torch.manual_seed(0)
+    return sampler, GaussianMLPPolicy(2, 1, hidden_sizes=(4,))
+
+
+def test_shapes_masks_and_task_assignment():
+    sampler, policy = make()
+    tasks = [LengthTask(2), LengthTask(5), LengthTask(9)]  # 9 > the registered limit of 6 steps
+    episodes = sampler.sample(policy, None, tasks, episodes_per_task=3)
+    assert episodes.observations.shape == (3, 3, 6, 2)
+    assert episodes.actions.shape == (3, 3, 6, 1)
+    assert episodes.rewards.shape == episodes.mask.shape == (3, 3, 6)
+    assert episodes.tasks == tasks
+    lengths = episodes.mask.sum(-1)
+    assert torch.equal(lengths, torch.tensor([[2.0] * 3, [5.0] * 3, [6.0] * 3]))  # task 2 truncated at 6
+    # every sub-env of row t ran on task t: the task's length is in the observation
+    valid = episodes.mask.bool()
+    assert torch.equal(episodes.observations[..., 1][valid].unique(), torch.tensor([2.0, 5.0, 9.0]))
+    for t, task in enumerate(tasks):
+        assert torch.all(episodes.observations[t, ..., 1][valid[t]] == task.length)
+    # rewards are 1, 2, ... on valid steps and zero after termination; observations start at t = 0
+    assert torch.equal(episodes.rewards[0, 0], torch.tensor([1.0, 2.0, 0, 0, 0, 0]))
+    assert torch.equal(episodes.observations[1, 0, :5, 0], torch.arange(5.0))
+    assert episodes.num_steps == 3 * (2 + 5 + 6)
+    assert torch.allclose(episodes.episode_returns()[1], torch.full((3,), 15.0))
+
+
+def test_per_task_parameters_drive_their_own_rows():
+    sampler, policy = make()
+    params = expand_params({k: v.detach() for k, v in policy.parameters_dict().items()}, 2)
+    params = {k: v.clone() for k, v in params.items()}
+    params["mean.bias"][1] += 100.0  # task 1's policy outputs huge actions
+    episodes = sampler.sample(policy, params, [LengthTask(6), LengthTask(6)], episodes_per_task=4)
+    assert episodes.actions[0].abs().max() < 20 and episodes.actions[1].min() > 50
+
+
+def test_horizon_shorter_than_episodes():
+    sampler, policy = make(horizon=3)
+    episodes = sampler.sample(policy, None, [LengthTask(5)], episodes_per_task=2)
+    assert episodes.rewards.shape == (1, 2, 3) and episodes.mask.sum() == 6
+
+
+def test_same_seed_same_episodes_different_seed_different():
+    (s1, p1), (s2, p2), (s3, p3) = make(seed=1), make(seed=1), make(seed=2)
+    tasks = [LengthTask(4), LengthTask(6)]
+    e1, e2, e3 = (s.sample(p, None, tasks, 3) for s, p in [(s1, p1), (s2, p2), (s3, p3)])
+    assert torch.equal(e1.actions, e2.actions)
+    assert not torch.equal(e1.actions, e3.actions)
+
+
+def test_navigation_sampler_respects_action_clipping_in_the_env_not_in_the_log():
+    sampler = Sampler("metarl/Navigation2D-v0", seed=0)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=1.0)
+    tasks = gym.make("metarl/Navigation2D-v0").unwrapped.sample_tasks(2)
+    episodes = sampler.sample(policy, None, tasks, episodes_per_task=2)
+    assert episodes.actions.abs().max() > 0.1  # raw Gaussian samples are logged
+    steps = episodes.observations[:, :, 1:] - episodes.observations[:, :, :-1]
+    valid = episodes.mask[:, :, 1:].bool()
+    assert steps[valid].abs().max() <= 0.1 + 1e-6  # but the env moved by the clipped action
+    assert np.isfinite(episodes.mean_return())
+
+
+@pytest.mark.parametrize(
+    "env_id, message",
+    [
+        ("tests/NoProtocol-v0", "missing sample_tasks, set_task, get_task"),
+        ("tests/Discrete-v0", "flat Box action_space"),
+        ("metarl/Nope-v0", "unknown env 'metarl/Nope-v0'; registered task envs: metarl/Navigation2D-v0"),
+    ],
+)
+def test_unusable_envs_are_rejected_before_sampling(env_id, message):
+    with pytest.raises(TaskEnvError, match=message):
+        Sampler(env_id)

@@ -1,0 +1,98 @@
+"""Training end to end through the CLI: smoke run, determinism, checkpoints, evaluation, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl import config as cfg
+from metarl.checkpoint import load_checkpoint, save_checkpoint
+from metarl.cli import main
+from metarl.train import CHECKPOINT, build, read_metrics
+
+NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
+TIMING_KEYS = {"time_sampling", "time_adapt", "time_update", "wall_time"}
+
+
+def test_smoke_run_writes_the_run_directory(tmp_path, tiny_run_args):
+    assert main(["train", NAV, *tiny_run_args, "run.name=smoke", "--quiet"]) == 0
+    run_dir = tmp_path / "smoke"
+    for name in ("config.yaml", "metrics.jsonl", "training.png", "eval.json", "eval.png", CHECKPOINT):
+        assert (run_dir / name).is_file(), name
+    metrics = read_metrics(run_dir)
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    expected = {"pre_return", "post_return", "kl", "loss_before", "loss_after", "line_search_step", "step_accepted",
+                "env_steps", "total_env_steps", "time_sampling", "time_update"}
+    assert expected <= set(metrics[0])
+    assert metrics[1]["total_env_steps"] == metrics[0]["env_steps"] + metrics[1]["env_steps"]
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["num_tasks"] == 3 and result["steps"] == [0, 1, 2]
+    assert len(result["mean_return"]) == len(result["stderr"]) == 3
+    assert cfg.load(run_dir / "config.yaml").run.iterations == 2
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, tiny_run_args):
+    for name in ("a", "b"):
+        assert main(["train", NAV, *tiny_run_args, f"run.name={name}", "eval.at_end=false", "--quiet"]) == 0
+    a, b = (read_metrics(tmp_path / n) for n in "ab")
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in ms]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert main(["train", NAV, *tiny_run_args, "run.name=c", "run.seed=1", "eval.at_end=false", "--quiet"]) == 0
+    assert strip(read_metrics(tmp_path / "c")) != strip(a)
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_run_args):
+    config = cfg.load(NAV, tiny_run_args)
+    parts = build(config)
+    with torch.no_grad():
+        for p in parts.policy.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"iteration": 3, "policy": parts.policy.state_dict(), "config": cfg.to_dict(config)})
+    state = load_checkpoint(path)
+    fresh = build(config).policy
+    fresh.load_state_dict(state["policy"])
+    for a, b in zip(parts.policy.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+    assert state["iteration"] == 3 and cfg.from_dict(state["config"]) == config
+    assert state["versions"]["torch"] == torch.__version__
+    assert not list(tmp_path.glob(".ck.pt.*.tmp"))
+
+
+def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
+    assert main(["train", NAV, *tiny_run_args, "run.name=ev", "eval.at_end=false", "--quiet"]) == 0
+    run_dir = tmp_path / "ev"
+    assert not (run_dir / "eval.json").exists()
+    assert main(["evaluate", str(run_dir), "eval.num_steps=1", "eval.num_tasks=2"]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["steps"] == [0, 1] and result["num_tasks"] == 2
+    assert "mean return" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("maml.inner_rate=0.1", "unknown key maml.inner_rate"),
+        ("run.iterations=many", "run.iterations: expected int"),
+        ("env.id=metarl/Nope-v0", "env.id: unknown env 'metarl/Nope-v0'"),
+        ("env.kwargs={bad_kwarg: 1}", "env.kwargs"),
+    ],
+)
+def test_cli_bad_input_exits_2_and_leaves_no_run_directory(tmp_path, override, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "metarl.cli", "train", NAV, f"run.output_dir={tmp_path}", "run.name=bad", override],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_envs_command_lists_navigation(capsys):
+    assert main(["envs"]) == 0
+    out = capsys.readouterr().out
+    assert "metarl/Navigation2D-v0" in out and "navigation" in out.lower()
