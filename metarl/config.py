@@ -46,6 +46,8 @@ class SamplerConfig:
     """Steps per episode; null takes the env's max_episode_steps."""
     vectorization: str = "auto"
     """auto (the env's own vector entry point if any, else sync), sync, async or vector_entry_point."""
+    rescale_actions: bool = True
+    """Policy acts in [-1, 1], mapped onto the env's action bounds (as in the MAML paper's rllab setup)."""
 
 
 @dataclass

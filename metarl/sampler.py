@@ -66,6 +66,10 @@ class Sampler:
             "sync", "async" or "vector_entry_point".
         device: where observations are sent for the policy.
         seed: seeds the env resets and the action noise.
+        rescale_actions: the policy acts in [-1, 1] per dimension, mapped affinely onto the env's
+            finite action bounds (``low + (a + 1) (high - low) / 2``), as rllab's ``normalize`` did
+            for the MAML paper; the env then clips. Identity for envs whose bounds are [-1, 1].
+            Episodes record the policy's own (unmapped) actions.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class Sampler:
         vectorization: str = "auto",
         device: torch.device | str = "cpu",
         seed: int = 0,
+        rescale_actions: bool = True,
     ):
         if vectorization not in VECTORIZATION_MODES:
             raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
@@ -87,6 +92,10 @@ class Sampler:
         if not self.horizon or self.horizon <= 0:
             raise TaskEnvError(f"sampler.horizon: {env_id} registers no max_episode_steps; set a positive horizon")
         self.vectorization = vectorization
+        low, high = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
+        finite = np.isfinite(low) & np.isfinite(high) & rescale_actions
+        self._action_center = np.where(finite, (high + low) / 2, 0.0)
+        self._action_scale = np.where(finite, (high - low) / 2, 1.0)
         self.device = torch.device(device)
         self._reset_seeds = np.random.default_rng(seed)
         self._noise = torch.Generator(device=self.device).manual_seed(seed)
@@ -151,7 +160,8 @@ class Sampler:
             observations[:, :, t] = obs_t
             actions[:, :, t] = action
             mask[:, :, t] = torch.as_tensor(alive.reshape(num_tasks, num_episodes), device=self.device)
-            obs, reward, terminated, truncated, _ = envs.step(action.reshape(num_tasks * num_episodes, -1).cpu().numpy())
+            env_action = self._action_center + self._action_scale * action.reshape(num_tasks * num_episodes, -1).cpu().numpy()
+            obs, reward, terminated, truncated, _ = envs.step(env_action.astype(self.action_space.dtype))
             rewards[:, :, t] = torch.as_tensor(reward * alive, dtype=torch.float32, device=self.device).reshape(num_tasks, num_episodes)
             alive &= ~(terminated | truncated)
             if not alive.any():

@@ -50,6 +50,7 @@ def build(config: cfg.Config) -> Components:
         vectorization=config.sampler.vectorization,
         device=device,
         seed=config.run.seed,
+        rescale_actions=config.sampler.rescale_actions,
     )
     policy = GaussianMLPPolicy(
         sampler.obs_dim,

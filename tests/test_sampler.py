@@ -61,17 +61,19 @@ def test_same_seed_same_episodes_different_seed_different():
     assert not torch.equal(e1.actions, e3.actions)
 
 
-def test_navigation_sampler_respects_action_clipping_in_the_env_not_in_the_log():
-    sampler = Sampler("metarl/Navigation2D-v0", seed=0)
+@pytest.mark.parametrize("rescale", [True, False])
+def test_navigation_actions_are_rescaled_to_the_bounds_and_clipped_by_the_env(rescale):
+    sampler = Sampler("metarl/Navigation2D-v0", seed=0, rescale_actions=rescale)
     torch.manual_seed(0)
-    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=1.0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=0.5)
     tasks = gym.make("metarl/Navigation2D-v0").unwrapped.sample_tasks(2)
     episodes = sampler.sample(policy, None, tasks, episodes_per_task=2)
-    assert episodes.actions.abs().max() > 0.1  # raw Gaussian samples are logged
-    steps = episodes.observations[:, :, 1:] - episodes.observations[:, :, :-1]
+    moves = episodes.observations[:, :, 1:] - episodes.observations[:, :, :-1]
+    scale = 0.1 if rescale else 1.0  # policy units [-1, 1] -> env bounds [-0.1, 0.1]
+    expected = (scale * episodes.actions[:, :, :-1]).clamp(-0.1, 0.1)
     valid = episodes.mask[:, :, 1:].bool()
-    assert steps[valid].abs().max() <= 0.1 + 1e-6  # but the env moved by the clipped action
-    assert np.isfinite(episodes.mean_return())
+    assert torch.allclose(moves[valid], expected[valid], atol=1e-6)
+    assert episodes.actions.abs().max() > 0.1  # the log keeps the policy's own actions
 
 
 @pytest.mark.parametrize(
