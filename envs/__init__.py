@@ -7,9 +7,17 @@ works once ``envs`` is imported (``import metarl`` imports it too).
 import gymnasium as gym
 
 from envs.base import TASK_PROTOCOL, TaskEnv, missing_protocol, task_to_json
-from envs.navigation import GoalTask, Navigation2DEnv
+from envs.navigation import GoalTask, Navigation2DEnv, Navigation2DVectorEnv
 
-__all__ = ["TASK_PROTOCOL", "GoalTask", "Navigation2DEnv", "TaskEnv", "missing_protocol", "task_to_json"]
+__all__ = [
+    "TASK_PROTOCOL",
+    "GoalTask",
+    "Navigation2DEnv",
+    "Navigation2DVectorEnv",
+    "TaskEnv",
+    "missing_protocol",
+    "task_to_json",
+]
 
 
 def _register(env_id: str, **kwargs) -> None:
@@ -21,5 +29,6 @@ def _register(env_id: str, **kwargs) -> None:
 _register(
     "metarl/Navigation2D-v0",
     entry_point="envs.navigation:Navigation2DEnv",
+    vector_entry_point="envs.navigation:Navigation2DVectorEnv",
     max_episode_steps=100,
 )

@@ -4,6 +4,9 @@ State: the point's 2D position, starting at the origin. Action: a 2D displacemen
 [-0.1, 0.1] per axis. Task: a goal drawn uniformly from [-0.5, 0.5]^2. Reward: minus the Euclidean
 distance between the new position and the goal. The episode terminates when the point is within
 0.01 of the goal on both axes; the registration truncates it at 100 steps.
+
+``Navigation2DVectorEnv`` steps N points at once in numpy with the same dynamics; it is registered as
+the env's vector entry point, so ``gymnasium.make_vec`` (and metarl's sampler) pick it up.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
 from envs.base import TaskEnv
 
 
@@ -22,6 +28,23 @@ class GoalTask:
     """A goal position in the plane."""
 
     goal: tuple[float, float]
+
+
+def navigation_step(
+    position: np.ndarray, goal: np.ndarray, action: np.ndarray, max_action: float, goal_tolerance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Move by the clipped action; reward minus the distance to the goal; terminate within tolerance.
+
+    Args:
+        position, goal, action: ``[..., 2]``.
+    Returns:
+        new position ``[..., 2]``, reward ``[...]``, terminated ``[...]`` (bool).
+    """
+    position = position + np.clip(action, -max_action, max_action)
+    offset = position - goal
+    reward = -np.sqrt(np.sum(offset**2, axis=-1))
+    terminated = np.all(np.abs(offset) < goal_tolerance, axis=-1)
+    return position, reward, terminated
 
 
 class Navigation2DEnv(TaskEnv):
@@ -72,9 +95,78 @@ class Navigation2DEnv(TaskEnv):
         return self._position.astype(np.float32), {"task": self.get_task()}
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float64), -self.max_action, self.max_action)
-        self._position = self._position + action
-        offset = self._position - self._goal
-        reward = -float(np.sqrt(np.sum(offset**2)))
-        terminated = bool(np.all(np.abs(offset) < self.goal_tolerance))
-        return self._position.astype(np.float32), reward, terminated, False, {"task": self.get_task()}
+        self._position, reward, terminated = navigation_step(
+            self._position, self._goal, np.asarray(action, dtype=np.float64), self.max_action, self.goal_tolerance
+        )
+        return self._position.astype(np.float32), float(reward), bool(terminated), False, {"task": self.get_task()}
+
+
+class Navigation2DVectorEnv(VectorEnv):
+    """``num_envs`` 2D-navigation envs stepped together in numpy, each with its own goal.
+
+    Same dynamics, spaces and task protocol as :class:`Navigation2DEnv`; truncates at
+    ``max_episode_steps`` and autoresets on the next step (``AutoresetMode.NEXT_STEP``), like
+    gymnasium's SyncVectorEnv. Install one task per sub-env with ``set_attr("task", tasks)``.
+    """
+
+    def __init__(self, num_envs: int, max_episode_steps: int = 100, **kwargs: Any):
+        self._single = Navigation2DEnv(**kwargs)  # holds the parameters; samples tasks
+        self.num_envs = num_envs
+        self.max_episode_steps = max_episode_steps
+        self.metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+        self.single_observation_space = self._single.observation_space
+        self.single_action_space = self._single.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._goals = np.zeros((num_envs, 2))
+        self._positions = np.zeros((num_envs, 2))
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+
+    def _tasks(self) -> list[GoalTask]:
+        return [GoalTask(goal=(float(x), float(y))) for x, y in self._goals]
+
+    def sample_tasks(self, num_tasks: int) -> list[GoalTask]:
+        return self._single.sample_tasks(num_tasks)
+
+    def set_attr(self, name: str, values: Any) -> None:
+        if name != "task":
+            raise AttributeError(f"Navigation2DVectorEnv only sets 'task', not {name!r}")
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} tasks, got {len(values)}")
+        for i, task in enumerate(values):
+            self._single.set_task(task)
+            self._goals[i] = self._single.get_task().goal
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        if name != "task":
+            raise AttributeError(f"Navigation2DVectorEnv only gets 'task', not {name!r}")
+        return tuple(self._tasks())
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._single.reset(seed=seed)
+        self._positions[:] = 0.0
+        self._steps[:] = 0
+        self._needs_reset[:] = False
+        return self._positions.astype(np.float32), {}
+
+    def step(self, actions):
+        actions = np.asarray(actions, dtype=np.float64)
+        positions, rewards, terminated = navigation_step(
+            self._positions, self._goals, actions, self._single.max_action, self._single.goal_tolerance
+        )
+        steps = self._steps + 1
+        truncated = steps >= self.max_episode_steps
+        # Sub-envs that ended on the previous step are reset now, ignoring their action.
+        restart = self._needs_reset
+        positions[restart] = 0.0
+        steps[restart] = 0
+        rewards[restart] = 0.0
+        terminated[restart] = False
+        truncated[restart] = False
+        self._positions, self._steps = positions, steps
+        self._needs_reset = terminated | truncated
+        return self._positions.astype(np.float32), rewards, terminated, truncated, {}

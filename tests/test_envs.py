@@ -92,3 +92,28 @@ def test_tasks_are_independent_between_instances_and_serialise():
     assert task_to_json(b.unwrapped.get_task()) == {"goal": [0.3, 0.4]}
     with pytest.raises(TypeError, match="GoalTask"):
         a.unwrapped.set_task((0.1, 0.2))
+
+
+def test_navigation_vector_env_matches_sync_vector_env_step_for_step():
+    """The numpy vector entry point and gymnasium's SyncVectorEnv of the single env agree exactly."""
+    tasks = [GoalTask(goal=(0.05, 0.05)), GoalTask(goal=(-0.3, 0.2)), GoalTask(goal=(0.0, 0.0))]
+    fast = gym.make_vec("metarl/Navigation2D-v0", num_envs=3, vectorization_mode="vector_entry_point")
+    slow = gym.make_vec("metarl/Navigation2D-v0", num_envs=3, vectorization_mode="sync")
+    assert fast.metadata["autoreset_mode"] == slow.metadata["autoreset_mode"]
+    for envs in (fast, slow):
+        envs.set_attr("task", tasks)
+    assert list(fast.get_attr("task")) == tasks
+    obs_f, _ = fast.reset(seed=0)
+    obs_s, _ = slow.reset(seed=0)
+    assert np.array_equal(obs_f, obs_s)
+    rng = np.random.default_rng(0)
+    ended = np.zeros(3, dtype=bool)
+    for t in range(230):  # crosses truncation at 100 and the autoresets after it
+        actions = rng.uniform(-0.15, 0.15, size=(3, 2))
+        if t == 0:
+            actions[0] = [0.05, 0.05]  # env 0 reaches its goal at once
+        out_f, out_s = fast.step(actions), slow.step(actions)
+        for a, b in zip(out_f[:4], out_s[:4]):
+            assert np.array_equal(a, b), t
+        ended |= out_f[2] | out_f[3]
+    assert ended.all()

@@ -87,3 +87,14 @@ def test_navigation_actions_are_rescaled_to_the_bounds_and_clipped_by_the_env(re
 def test_unusable_envs_are_rejected_before_sampling(env_id, message):
     with pytest.raises(TaskEnvError, match=message):
         Sampler(env_id)
+
+
+def test_navigation_fast_vector_env_and_generic_sync_path_give_identical_episodes():
+    tasks = gym.make("metarl/Navigation2D-v0").unwrapped.sample_tasks(3)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=0.3)
+    fast, generic = (Sampler("metarl/Navigation2D-v0", seed=5, vectorization=mode) for mode in ("auto", "sync"))
+    a, b = fast.sample(policy, None, tasks, 4), generic.sample(policy, None, tasks, 4)
+    assert fast._vector_env(12).__class__.__name__ == "Navigation2DVectorEnv"
+    for name in ("observations", "actions", "rewards", "mask"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
