@@ -89,6 +89,11 @@ def test_unusable_envs_are_rejected_before_sampling(env_id, message):
         Sampler(env_id)
 
 
+def test_vector_entry_point_mode_needs_one():
+    with pytest.raises(TaskEnvError, match="registers no vector_entry_point"):
+        Sampler("tests/Counter-v0", vectorization="vector_entry_point")
+
+
 def test_navigation_fast_vector_env_and_generic_sync_path_give_identical_episodes():
     tasks = gym.make("metarl/Navigation2D-v0").unwrapped.sample_tasks(3)
     torch.manual_seed(0)
