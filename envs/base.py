@@ -49,9 +49,17 @@ class TaskEnv(gym.Env):
 
 
 def missing_protocol(env: gym.Env) -> list[str]:
-    """Names of the task-protocol methods that ``env.unwrapped`` lacks (empty when complete)."""
+    """What ``env.unwrapped`` lacks of the task protocol (empty when complete).
+
+    Besides the three methods, vector envs need a settable ``task`` attribute to install one task
+    per sub-env with ``set_attr``; :class:`TaskEnv` provides it as a property over ``set_task``.
+    """
     base = env.unwrapped
-    return [name for name in TASK_PROTOCOL if not callable(getattr(base, name, None))]
+    missing = [name for name in TASK_PROTOCOL if not callable(getattr(base, name, None))]
+    task = getattr(type(base), "task", None)
+    if not (isinstance(task, property) and task.fset is not None):
+        missing.append("a settable `task` property (subclass envs.TaskEnv)")
+    return missing
 
 
 def task_to_json(task: Any) -> Any:

@@ -122,6 +122,12 @@ class Navigation2DVectorEnv(VectorEnv):
         self._positions = np.zeros((num_envs, 2))
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._info: dict[str, np.ndarray] = {}
+        self._update_info()
+
+    def _update_info(self) -> None:
+        # Built once per task change: every step reports the tasks, as SyncVectorEnv would.
+        self._info = {"task": np.array(self._tasks(), dtype=object), "_task": np.ones(self.num_envs, dtype=bool)}
 
     def _tasks(self) -> list[GoalTask]:
         return [GoalTask(goal=(float(x), float(y))) for x, y in self._goals]
@@ -139,6 +145,7 @@ class Navigation2DVectorEnv(VectorEnv):
         for i, task in enumerate(values):
             self._single.set_task(task)
             self._goals[i] = self._single.get_task().goal
+        self._update_info()
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         if name != "task":
@@ -151,7 +158,7 @@ class Navigation2DVectorEnv(VectorEnv):
         self._positions[:] = 0.0
         self._steps[:] = 0
         self._needs_reset[:] = False
-        return self._positions.astype(np.float32), {}
+        return self._positions.astype(np.float32), dict(self._info)
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.float64)
@@ -169,4 +176,4 @@ class Navigation2DVectorEnv(VectorEnv):
         truncated[restart] = False
         self._positions, self._steps = positions, steps
         self._needs_reset = terminated | truncated
-        return self._positions.astype(np.float32), rewards, terminated, truncated, {}
+        return self._positions.astype(np.float32), rewards, terminated, truncated, dict(self._info)

@@ -7,6 +7,7 @@ naming the field and what it accepts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+from metarl.policy import NONLINEARITIES
+from metarl.sampler import VECTORIZATION_MODES
 
 
 class ConfigError(ValueError):
@@ -45,7 +49,7 @@ class SamplerConfig:
     horizon: int | None = None
     """Steps per episode; null takes the env's max_episode_steps."""
     vectorization: str = "auto"
-    """auto (the env's own vector entry point if any, else sync), sync, async or vector_entry_point."""
+    """auto (the env's own vector entry point if any, else sync), sync or vector_entry_point."""
     rescale_actions: bool = True
     """Policy acts in [-1, 1], mapped onto the env's action bounds (as in the MAML paper's rllab setup)."""
 
@@ -129,16 +133,18 @@ class Config:
 
 # Choices and ranges checked after the types.
 CHOICES = {
-    "policy.nonlinearity": ("relu", "tanh"),
-    "sampler.vectorization": ("auto", "sync", "async", "vector_entry_point"),
+    "policy.nonlinearity": tuple(NONLINEARITIES),
+    "sampler.vectorization": VECTORIZATION_MODES,
 }
 POSITIVE = {
     "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",
+    "maml.inner_steps",
     "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "eval.num_tasks", "eval.episodes_per_task",
-    "run.iterations", "run.checkpoint_every",
+    "run.iterations", "run.checkpoint_every", "maml.baseline_ridge",
 }
-NON_NEGATIVE = {"maml.inner_steps", "eval.num_steps", "trpo.cg_damping", "maml.baseline_ridge"}
+NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
+SEEDS = {"run.seed", "eval.seed"}
 
 
 def _type_name(tp: Any) -> str:
@@ -220,14 +226,17 @@ def _validate(config: Config) -> None:
     for path in UNIT_INTERVAL:
         if not 0.0 <= flat[path] <= 1.0:
             raise ConfigError(f"{path}: must be in [0, 1], got {flat[path]!r}")
+    for path in SEEDS:
+        if not 0 <= flat[path] < 2**32:
+            raise ConfigError(f"{path}: must be in [0, 2**32), got {flat[path]!r}")
+    if not 0.0 < config.trpo.backtrack_ratio < 1.0:
+        raise ConfigError(f"trpo.backtrack_ratio: must be in (0, 1), got {config.trpo.backtrack_ratio!r}")
     if not config.policy.hidden_sizes or min(config.policy.hidden_sizes) <= 0:
         raise ConfigError(f"policy.hidden_sizes: must be a non-empty list of positive ints, got {config.policy.hidden_sizes}")
     if not config.eval.step_sizes or min(config.eval.step_sizes) <= 0:
         raise ConfigError(f"eval.step_sizes: must be a non-empty list of positive floats, got {config.eval.step_sizes}")
-    if config.maml.inner_steps < 1:
-        raise ConfigError(f"maml.inner_steps: must be >= 1, got {config.maml.inner_steps}")
     device = config.run.device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
         raise ConfigError(f"run.device: must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 

@@ -50,7 +50,7 @@ def evaluate(
         ``episodes_per_task``, ``per_task_returns`` ([step][task]) and ``tasks``.
     """
     num_tasks = len(tasks)
-    params = detach_params(expand_params(detach_params(policy.parameters_dict()), num_tasks))
+    params = detach_params(expand_params(policy.parameters_dict(), num_tasks))
     per_task: list[torch.Tensor] = []
     used_step_sizes = []
     for k in range(num_steps + 1):

@@ -44,11 +44,14 @@ def policy_outputs(policy: GaussianMLPPolicy, params: Params, episodes: Episodes
     return policy.mean_std(obs, params)
 
 
+def _log_prob(mean: Tensor, std: Tensor, episodes: Episodes) -> Tensor:
+    _, actions = _flatten_steps(episodes)
+    return Normal(mean, std).log_prob(actions).sum(-1).reshape(episodes.rewards.shape)
+
+
 def log_probs(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> Tensor:
     """``log pi(a_t | s_t)`` of the recorded actions under ``params``, ``[T, E, H]``."""
-    _, actions = _flatten_steps(episodes)
-    mean, std = policy_outputs(policy, params, episodes)
-    return Normal(mean, std).log_prob(actions).sum(-1).reshape(episodes.rewards.shape)
+    return _log_prob(*policy_outputs(policy, params, episodes), episodes)
 
 
 def _advantages(episodes: Episodes) -> Tensor:
@@ -136,8 +139,7 @@ def _meta_objective(
     valid = batch.valid
     params = adapt_steps(policy, theta, batch.train, step_size, first_order)
     mean, std = policy_outputs(policy, params, valid)
-    _, actions = _flatten_steps(valid)
-    log_prob = Normal(mean, std).log_prob(actions).sum(-1).reshape(valid.rewards.shape)
+    log_prob = _log_prob(mean, std, valid)
     old_mean, old_std, old_log_prob = old
     loss = surrogate_loss(log_prob, old_log_prob, _advantages(valid), valid.mask).mean()
     kl = masked_mean(gaussian_kl(old_mean, old_std, mean, std).reshape(valid.rewards.shape), valid.mask).mean()
@@ -163,7 +165,7 @@ def trpo_meta_step(
         old_params = adapt_steps(policy, theta, batch.train, inner_step_size, first_order=True)
         old_params = {name: p.detach() for name, p in old_params.items()}
         old_mean, old_std = policy_outputs(policy, old_params, batch.valid)
-        old_log_prob = log_probs(policy, old_params, batch.valid)
+        old_log_prob = _log_prob(old_mean, old_std, batch.valid)
     old = (old_mean, old_std, old_log_prob)
 
     loss, kl = _meta_objective(policy, theta, batch, inner_step_size, first_order, old)
@@ -197,7 +199,8 @@ def trpo_meta_step(
     step, loss_after, kl_after = backtracking_line_search(
         evaluate, loss_before, max_kl, max_steps=line_search_steps, backtrack_ratio=backtrack_ratio
     )
-    if step is None:
+    if step is None:  # reverted: report the parameters actually kept
         set_flat(start)
+        loss_after, kl_after = loss_before, 0.0
     return TRPOStats(loss_before, loss_after, kl_after, grad_norm, step)
 

@@ -23,7 +23,10 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> cuda if available else cpu; anything else is passed to ``torch.device``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"run.device: {name!r} is not a device: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"run.device: {name!r} requested but CUDA is not available; use auto or cpu")
     return device

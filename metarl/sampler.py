@@ -14,7 +14,8 @@ from envs.base import missing_protocol
 from metarl.episodes import Episodes
 from metarl.policy import GaussianMLPPolicy, Params
 
-VECTORIZATION_MODES = ("auto", "sync", "async", "vector_entry_point")
+# gymnasium's AsyncVectorEnv is left out on purpose: it starts one process per sub-env (T*E of them).
+VECTORIZATION_MODES = ("auto", "sync", "vector_entry_point")
 
 
 class TaskEnvError(ValueError):
@@ -38,8 +39,8 @@ def check_task_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym
         )
     try:
         env = gym.make(env_id, **(env_kwargs or {}))
-    except TypeError as exc:
-        raise TaskEnvError(f"env.kwargs: {env_id} rejected its kwargs {env_kwargs}: {exc}") from exc
+    except Exception as exc:  # a user env may raise anything from its constructor
+        raise TaskEnvError(f"env.kwargs: {env_id} could not be built with kwargs {env_kwargs}: {exc}") from exc
     missing = missing_protocol(env)
     if missing:
         env.close()
@@ -61,9 +62,10 @@ class Sampler:
 
     Args:
         env_id, env_kwargs: the registered task env and its constructor kwargs.
-        horizon: steps per episode; defaults to the env's ``max_episode_steps``.
+        horizon: steps per episode; defaults to the env's ``max_episode_steps``, and replaces it
+            as the env's time limit otherwise.
         vectorization: "auto" (the env's own vector entry point if it registers one, else sync),
-            "sync", "async" or "vector_entry_point".
+            "sync" or "vector_entry_point".
         device: where observations are sent for the policy.
         seed: seeds the env resets and the action noise.
         rescale_actions: the policy acts in [-1, 1] per dimension, mapped affinely onto the env's
@@ -118,20 +120,17 @@ class Sampler:
             uses_entry_point = mode == "vector_entry_point" or (mode is None and spec.vector_entry_point is not None)
             vector_kwargs = None if uses_entry_point else {"autoreset_mode": AutoresetMode.NEXT_STEP}
             envs = gym.make_vec(
-                self.env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **self.env_kwargs
+                self.env_id,
+                num_envs=num_envs,
+                vectorization_mode=mode,
+                vector_kwargs=vector_kwargs,
+                max_episode_steps=self.horizon,
+                **self.env_kwargs,
             )
             if envs.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
                 raise TaskEnvError(f"{self.env_id}: the sampler needs a vector env that autoresets")
             self._vector_envs[num_envs] = envs
         return self._vector_envs[num_envs]
-
-    def state_dict(self) -> dict[str, Any]:
-        """RNG state of resets and action noise (for checkpoints)."""
-        return {"reset_seeds": self._reset_seeds.bit_generator.state, "noise": self._noise.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._reset_seeds.bit_generator.state = state["reset_seeds"]
-        self._noise.set_state(state["noise"])
 
     @torch.no_grad()
     def sample(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:

@@ -35,6 +35,18 @@ class Components:
     policy: GaussianMLPPolicy
 
 
+def make_sampler(config: cfg.Config, device: torch.device, seed: int) -> Sampler:
+    return Sampler(
+        config.env.id,
+        config.env.kwargs,
+        horizon=config.sampler.horizon,
+        vectorization=config.sampler.vectorization,
+        device=device,
+        seed=seed,
+        rescale_actions=config.sampler.rescale_actions,
+    )
+
+
 def build(config: cfg.Config) -> Components:
     seed_everything(config.run.seed)
     try:
@@ -43,15 +55,7 @@ def build(config: cfg.Config) -> Components:
         raise cfg.ConfigError(str(exc)) from exc
     task_env = check_task_env(config.env.id, config.env.kwargs)
     task_env.reset(seed=config.run.seed)
-    sampler = Sampler(
-        config.env.id,
-        config.env.kwargs,
-        horizon=config.sampler.horizon,
-        vectorization=config.sampler.vectorization,
-        device=device,
-        seed=config.run.seed,
-        rescale_actions=config.sampler.rescale_actions,
-    )
+    sampler = make_sampler(config, device, config.run.seed)
     policy = GaussianMLPPolicy(
         sampler.obs_dim,
         sampler.act_dim,
@@ -128,9 +132,6 @@ def checkpoint_state(config: cfg.Config, parts: Components, iteration: int) -> d
         "iteration": iteration,
         "policy": parts.policy.state_dict(),
         "config": cfg.to_dict(config),
-        "sampler": parts.sampler.state_dict(),
-        "task_rng": parts.task_env.unwrapped.np_random.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
     }
 
 
@@ -185,11 +186,14 @@ def run_evaluation(config: cfg.Config, parts: Components, run_dir: Path) -> dict
     """The paper protocol on ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run_dir``."""
     ev, maml = config.eval, config.maml
     tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)
+    # Its own sampler, seeded by eval.seed: the same checkpoint always gives the same eval.json.
+    sampler = make_sampler(config, parts.device, ev.seed)
     start = time.perf_counter()
     result = evaluate(
-        parts.policy, parts.sampler, tasks, ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task,
+        parts.policy, sampler, tasks, ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task,
         maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages,
     )
+    sampler.close()
     result = {"env": config.env.id, "eval_seed": ev.seed, **result, "time_s": time.perf_counter() - start}
     (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
     plot_adaptation(result, run_dir / "eval.png", title=config.env.id, label=run_dir.name)
@@ -202,6 +206,10 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None, checkp
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    for text in overrides or []:
+        key = text.partition("=")[0]
+        if not (key.startswith("eval.") or key == "run.device"):
+            raise cfg.ConfigError(f"{key}: evaluate only accepts eval.* and run.device overrides (the policy is fixed by the run)")
     config = cfg.load(config_path, overrides)
     checkpoint = Path(checkpoint) if checkpoint else run_dir / CHECKPOINT
     parts = build(config)

@@ -81,7 +81,6 @@ def synthetic_episodes(num_tasks=3, num_episodes=2, horizon=4, obs_dim=2, act_di
     """Random episodes with ragged termination and advantages already computed."""
     g = torch.Generator().manual_seed(seed)
     shape = (num_tasks, num_episodes, horizon)
-    mask = torch.ones(shape, dtype=dtype)
     lengths = torch.randint(1, horizon + 1, (num_tasks, num_episodes), generator=g)
     mask = (torch.arange(horizon).expand(shape) < lengths.unsqueeze(-1)).to(dtype)
     episodes = Episodes(

@@ -103,9 +103,10 @@ def test_navigation_vector_env_matches_sync_vector_env_step_for_step():
     for envs in (fast, slow):
         envs.set_attr("task", tasks)
     assert list(fast.get_attr("task")) == tasks
-    obs_f, _ = fast.reset(seed=0)
-    obs_s, _ = slow.reset(seed=0)
+    obs_f, info_f = fast.reset(seed=0)
+    obs_s, info_s = slow.reset(seed=0)
     assert np.array_equal(obs_f, obs_s)
+    assert list(info_f["task"]) == list(info_s["task"]) == tasks
     rng = np.random.default_rng(0)
     ended = np.zeros(3, dtype=bool)
     for t in range(230):  # crosses truncation at 100 and the autoresets after it
@@ -115,5 +116,6 @@ def test_navigation_vector_env_matches_sync_vector_env_step_for_step():
         out_f, out_s = fast.step(actions), slow.step(actions)
         for a, b in zip(out_f[:4], out_s[:4]):
             assert np.array_equal(a, b), t
+        assert list(out_f[4]["task"]) == tasks
         ended |= out_f[2] | out_f[3]
     assert ended.all()

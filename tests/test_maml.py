@@ -126,6 +126,18 @@ def test_trpo_step_respects_the_kl_bound_and_lowers_the_loss(first_order):
     assert kl == pytest.approx(stats.kl_after, rel=1e-6)
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+def test_full_trpo_step_is_scaled_to_the_kl_bound(first_order):
+    # For a small bound the quadratic model of the KL is accurate: the full step (fraction 1) is
+    # accepted and lands on the bound, 0.5 * s^T F s = max_kl.
+    policy = tiny_policy()
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    max_kl = 1e-5
+    stats = trpo_meta_step(policy, batch, INNER_LR, first_order=first_order, max_kl=max_kl, cg_iters=10)
+    assert stats.line_search_step == 0
+    assert stats.kl_after == pytest.approx(max_kl, rel=0.1)
+
+
 def test_trpo_step_reverts_parameters_when_line_search_fails(monkeypatch):
     policy = tiny_policy()
     batch = MetaBatch([synthetic_episodes(seed=1)], synthetic_episodes(seed=2))

@@ -103,3 +103,25 @@ def test_navigation_fast_vector_env_and_generic_sync_path_give_identical_episode
     assert fast._vector_env(12).__class__.__name__ == "Navigation2DVectorEnv"
     for name in ("observations", "actions", "rewards", "mask"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_env_without_a_settable_task_property_is_rejected():
+    """set_attr("task", ...) would land on a wrapper and never reach such an env: refuse it up front."""
+
+    class MethodsOnly(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+        def sample_tasks(self, n):
+            return [0.0] * n
+
+        def set_task(self, task):
+            self._task = task
+
+        def get_task(self):
+            return self._task
+
+    if "tests/MethodsOnly-v0" not in gym.registry:
+        gym.register("tests/MethodsOnly-v0", entry_point=MethodsOnly, max_episode_steps=3)
+    with pytest.raises(TaskEnvError, match="settable `task` property"):
+        Sampler("tests/MethodsOnly-v0")

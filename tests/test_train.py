@@ -79,6 +79,8 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
         ("run.iterations=many", "run.iterations: expected int"),
         ("env.id=metarl/Nope-v0", "env.id: unknown env 'metarl/Nope-v0'"),
         ("env.kwargs={bad_kwarg: 1}", "env.kwargs"),
+        ("env.kwargs={goal_low: 1, goal_high: 0}", "env.kwargs: metarl/Navigation2D-v0 could not be built"),
+        ("run.seed=-1", "run.seed: must be in"),
     ],
 )
 def test_cli_bad_input_exits_2_and_leaves_no_run_directory(tmp_path, override, message):
@@ -90,6 +92,24 @@ def test_cli_bad_input_exits_2_and_leaves_no_run_directory(tmp_path, override, m
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_evaluation_is_reproducible_and_rejects_policy_overrides(tmp_path, tiny_run_args):
+    assert main(["train", NAV, *tiny_run_args, "run.name=rep", "--quiet"]) == 0
+    run_dir = tmp_path / "rep"
+    first = json.loads((run_dir / "eval.json").read_text())
+    assert main(["evaluate", str(run_dir)]) == 0  # a fresh process state, same checkpoint
+    second = json.loads((run_dir / "eval.json").read_text())
+    assert first["per_task_returns"] == second["per_task_returns"]
+    assert main(["evaluate", str(run_dir), "policy.hidden_sizes=[8]"]) == 2
+
+
+def test_horizon_longer_than_the_registered_limit(tmp_path, tiny_run_args):
+    config = cfg.load(NAV, [*tiny_run_args, "sampler.horizon=130"])
+    parts = build(config)
+    tasks = parts.task_env.unwrapped.sample_tasks(2)
+    episodes = parts.sampler.sample(parts.policy, None, tasks, 2)
+    assert episodes.rewards.shape[-1] == 130
 
 
 def test_envs_command_lists_navigation(capsys):
