@@ -7,10 +7,14 @@ works once ``envs`` is imported (``import metarl`` imports it too).
 import gymnasium as gym
 
 from envs.base import TASK_PROTOCOL, TaskEnv, missing_protocol, task_to_json
+from envs.locomotion import DirectionTask, DynamicsTask, VelocityTask
 from envs.navigation import GoalTask, Navigation2DEnv, Navigation2DVectorEnv
 
 __all__ = [
     "TASK_PROTOCOL",
+    "DirectionTask",
+    "DynamicsTask",
+    "VelocityTask",
     "GoalTask",
     "Navigation2DEnv",
     "Navigation2DVectorEnv",
@@ -32,3 +36,17 @@ _register(
     vector_entry_point="envs.navigation:Navigation2DVectorEnv",
     max_episode_steps=100,
 )
+
+# MuJoCo families: horizon 200 as in the MAML paper and ProMP (pytorch-maml-rl used 100; set
+# sampler.horizon in a config to change it).
+for _name, _cls in [
+    ("HalfCheetahVel", "HalfCheetahVelEnv"),
+    ("HalfCheetahDir", "HalfCheetahDirEnv"),
+    ("AntVel", "AntVelEnv"),
+    ("AntDir", "AntDirEnv"),
+    ("AntGoal", "AntGoalEnv"),
+    ("HopperRandParams", "HopperRandParamsEnv"),
+    ("Walker2dRandParams", "Walker2dRandParamsEnv"),
+    ("HalfCheetahRandParams", "HalfCheetahRandParamsEnv"),
+]:
+    _register(f"metarl/{_name}-v0", entry_point=f"envs.locomotion:{_cls}", max_episode_steps=200)

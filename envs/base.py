@@ -25,7 +25,10 @@ class TaskEnv(gym.Env):
 
     Subclasses implement ``sample_tasks``, ``set_task`` and ``get_task``. The ``task`` property lets
     vector envs install one task per sub-environment with ``envs.set_attr("task", tasks)``.
+    ``task_description`` is the one-line task space that ``metarl envs`` shows.
     """
+
+    task_description: str = ""
 
     def sample_tasks(self, num_tasks: int) -> list[Any]:
         """Draw ``num_tasks`` tasks from the task distribution with ``self.np_random``."""
@@ -55,7 +58,12 @@ def missing_protocol(env: gym.Env) -> list[str]:
     per sub-env with ``set_attr``; :class:`TaskEnv` provides it as a property over ``set_task``.
     """
     base = env.unwrapped
-    missing = [name for name in TASK_PROTOCOL if not callable(getattr(base, name, None))]
+
+    def provided(name: str) -> bool:
+        method = getattr(type(base), name, None)
+        return callable(method) and method is not getattr(TaskEnv, name)  # not TaskEnv's placeholder
+
+    missing = [name for name in TASK_PROTOCOL if not provided(name)]
     task = getattr(type(base), "task", None)
     if not (isinstance(task, property) and task.fset is not None):
         missing.append("a settable `task` property (subclass envs.TaskEnv)")

@@ -57,6 +57,7 @@ class Navigation2DEnv(TaskEnv):
     """
 
     metadata = {"render_modes": []}
+    task_description = "goal uniform in [-0.5, 0.5]^2"
 
     def __init__(
         self,

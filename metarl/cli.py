@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 
 import gymnasium as gym
 
 from metarl import config as cfg
-from metarl.sampler import TaskEnvError, registered_task_env_ids
+from metarl.sampler import TaskEnvError, registered_task_env_ids, resolve_env_id
 
 EXIT_BAD_INPUT = 2
 
 
-def _describe(env_id: str) -> str:
-    spec = gym.spec(env_id)
-    entry = spec.entry_point
+def _describe(env_id: str) -> tuple[str, str]:
+    """(task space, first docstring line) of a registered env's class."""
+    entry = gym.spec(env_id).entry_point
     try:
         creator = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
-        doc = inspect.getdoc(creator) or ""
     except (ImportError, AttributeError) as exc:
-        return f"(cannot import {entry}: {exc})"
-    return doc.splitlines()[0] if doc else ""
+        return "?", f"(cannot import {entry}: {exc})"
+    doc = inspect.getdoc(creator) or ""
+    return getattr(creator, "task_description", "") or "-", doc.splitlines()[0] if doc else ""
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    ids = registered_task_env_ids()
-    width = max(len(i) for i in ids)
-    print(f"{'id':<{width}}  {'horizon':>7}  description")
-    for env_id in ids:
-        print(f"{env_id:<{width}}  {gym.spec(env_id).max_episode_steps or '-':>7}  {_describe(env_id)}")
+    before = set(gym.registry)
+    for module in args.imports:
+        resolve_env_id(f"{module}:_")
+    ids = registered_task_env_ids() + sorted(set(gym.registry) - before)
+    rows = [(env_id, str(gym.spec(env_id).max_episode_steps or "-"), *_describe(env_id)) for env_id in ids]
+    header = ("id", "horizon", "task space", "description")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
     return 0
 
 
@@ -72,13 +77,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file to evaluate (default: RUN_DIR/checkpoints/last.pt)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("envs", help="list the registered task envs")
+    p = sub.add_parser("envs", help="list the registered task envs",
+                       description="List metarl's task envs, and those a user module registers (--import).")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first and list the envs it registers (repeatable)")
     p.set_defaults(func=cmd_envs)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # User task envs are named "module:Env-v0"; like `python -m`, look for the module here first.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return args.func(args)
     except (cfg.ConfigError, TaskEnvError, FileNotFoundError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -26,12 +27,27 @@ def registered_task_env_ids() -> list[str]:
     return sorted(env_id for env_id in gym.registry if env_id.startswith("metarl/"))
 
 
+def resolve_env_id(env_id: str) -> str:
+    """Import the module of a ``"module:Env-v0"`` id (gymnasium's syntax) and return ``"Env-v0"``.
+
+    This is how a user's own task env, registered when its module is imported, reaches a run.
+    """
+    module, sep, bare = env_id.rpartition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise TaskEnvError(f"env.id: cannot import module {module!r} of {env_id!r}: {exc}") from exc
+    return bare
+
+
 def check_task_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """Build one instance of ``env_id`` and check that the sampler can run it; returns the env.
 
     Raises:
         TaskEnvError: naming the unknown id, the missing protocol methods or the unsupported space.
     """
+    env_id = resolve_env_id(env_id)
     if env_id not in gym.registry:
         raise TaskEnvError(
             f"env.id: unknown env {env_id!r}; registered task envs: {', '.join(registered_task_env_ids())} "
@@ -86,6 +102,7 @@ class Sampler:
     ):
         if vectorization not in VECTORIZATION_MODES:
             raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
+        env_id = resolve_env_id(env_id)
         probe = check_task_env(env_id, env_kwargs)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()

@@ -7,13 +7,23 @@ from pathlib import Path
 import pytest
 
 from metarl import config as cfg
+from metarl.cli import main
+from metarl.train import read_metrics
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_loads(path):
-    cfg.load(path)
+CONFIGS = sorted(EXPERIMENTS.glob("*.yaml"))
+TINY = ["run.iterations=1", "maml.meta_batch_size=2", "sampler.episodes_per_task=2", "sampler.horizon=10",
+        "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2", "eval.num_steps=1"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_trains_through_the_cli_with_a_tiny_budget(path, tmp_path):
+    assert main(["train", str(path), *TINY, f"run.output_dir={tmp_path}", "run.name=tiny", "--quiet"]) == 0
+    metrics = read_metrics(tmp_path / "tiny")
+    assert len(metrics) == 1 and metrics[0]["env_steps"] > 0
+    assert cfg.load(path).env.id == cfg.load(tmp_path / "tiny" / "config.yaml").env.id
 
 
 def test_paper_comparison_script_runs(tmp_path, tiny_run_args):

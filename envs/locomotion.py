@@ -1,0 +1,329 @@
+"""MuJoCo locomotion task families on gymnasium's v5 envs (goal- and dynamics-varying).
+
+Goal-varying (the task changes the reward): HalfCheetahVel / HalfCheetahDir (Finn et al., 2017),
+AntVel / AntDir / AntGoal. Dynamics-varying (the task changes the physics, as in ProMP's
+rand_param_envs): HopperRandParams, Walker2dRandParams, HalfCheetahRandParams.
+
+Each env keeps gymnasium's observation, dynamics and reward terms and replaces only the forward
+term by the task's. ``info`` carries the reward terms (``reward_forward``, ``reward_ctrl`` and, for
+Ant and the hoppers, ``reward_contact`` / ``reward_survive``), ``x_velocity`` and the ``task``. With
+``oracle=True`` the task's features are appended to the observation (the oracle baseline).
+
+Reward weights: gymnasium v5's defaults unless the MAML literature used others, which are then the
+default here and named in the constructor docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mujoco
+import numpy as np
+from gymnasium import spaces, utils
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+
+from envs.base import TaskEnv
+from envs.navigation import GoalTask
+
+
+@dataclass(frozen=True)
+class VelocityTask:
+    """Target forward velocity (m/s)."""
+
+    velocity: float
+
+
+@dataclass(frozen=True)
+class DirectionTask:
+    """Direction of travel along x: +1 forward, -1 backward."""
+
+    direction: int
+
+
+@dataclass(frozen=True)
+class DynamicsTask:
+    """Multipliers of the model's nominal parameters, flattened in MuJoCo's array order."""
+
+    body_mass: tuple[float, ...]
+    body_inertia: tuple[float, ...]
+    dof_damping: tuple[float, ...]
+    geom_friction: tuple[float, ...]
+
+
+def _coerce(task: Any, task_type: type) -> Any:
+    """Accept the task dataclass itself or its JSON form (a dict of its fields)."""
+    if isinstance(task, dict):
+        task = task_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in task.items()})
+    if not isinstance(task, task_type):
+        raise TypeError(f"task must be a {task_type.__name__}, got {task!r}")
+    return task
+
+
+class LocomotionTaskEnv(TaskEnv):
+    """Shared machinery of the MuJoCo task envs; the concrete classes mix it into a v5 env.
+
+    Subclasses define ``task_type``, ``task_description``, ``sample_tasks``, ``_apply_task`` (called
+    by ``set_task``) and ``_task_features`` (the oracle's extra observation), and call
+    :meth:`_finish_init` at the end of ``__init__``.
+    """
+
+    task_type: type
+    task_description: str = ""
+
+    def _finish_init(self, oracle: bool, default_task: Any, **pickle_kwargs: Any) -> None:
+        self._task = None
+        self.set_task(default_task)
+        if oracle:
+            extra = self._task_features().size
+            size = self.observation_space.shape[0] + extra
+            self.observation_space = spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float64)
+        # Pickle through our own kwargs (the v5 parent recorded its own positional ones).
+        utils.EzPickle.__init__(self, oracle=oracle, **pickle_kwargs)
+
+    def set_task(self, task: Any) -> None:
+        self._task = _coerce(task, self.task_type)
+        self._apply_task(self._task)
+
+    def get_task(self) -> Any:
+        return self._task
+
+    def _apply_task(self, task: Any) -> None:
+        """Hook for tasks that change the model; goal tasks only change the reward."""
+
+    def _task_features(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _get_obs(self) -> np.ndarray:
+        obs = super()._get_obs()
+        if getattr(self, "oracle", False) and getattr(self, "_task", None) is not None:
+            obs = np.concatenate([obs, self._task_features()])
+        return obs
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {**super()._get_reset_info(), "task": self._task}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        info["task"] = self._task
+        return obs, reward, terminated, truncated, info
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "task": self._task}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        task = state.pop("task")
+        super().__setstate__(state)
+        self.set_task(task)
+
+
+# --- goal-varying families -------------------------------------------------------------------
+
+
+class _VelocityTaskMixin:
+    task_type = VelocityTask
+    velocity_range: tuple[float, float]
+
+    def sample_tasks(self, num_tasks: int) -> list[VelocityTask]:
+        low, high = self.velocity_range
+        return [VelocityTask(float(v)) for v in self.np_random.uniform(low, high, size=num_tasks)]
+
+    def _task_features(self) -> np.ndarray:
+        return np.array([self._task.velocity])
+
+    def _forward_term(self, x_velocity: float) -> float:
+        return -abs(x_velocity - self._task.velocity)
+
+
+class _DirectionTaskMixin:
+    task_type = DirectionTask
+    task_description = "direction in {-1, +1}"
+
+    def sample_tasks(self, num_tasks: int) -> list[DirectionTask]:
+        return [DirectionTask(int(d)) for d in self.np_random.choice([-1, 1], size=num_tasks)]
+
+    def _task_features(self) -> np.ndarray:
+        return np.array([float(self._task.direction)])
+
+    def _forward_term(self, x_velocity: float) -> float:
+        return self._task.direction * x_velocity
+
+
+class _CheetahTask(LocomotionTaskEnv, HalfCheetahEnv):
+    """HalfCheetah-v5 with the forward reward replaced by the task's term."""
+
+    def __init__(self, oracle: bool = False, ctrl_cost_weight: float = 0.05, **kwargs: Any):
+        """Args: ctrl_cost_weight 0.05 as in the MAML paper (gymnasium v5: 0.1); other v5 kwargs pass through."""
+        self.oracle = oracle
+        HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self._finish_init(oracle, self.sample_default(), ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+
+    def _get_rew(self, x_velocity: float, action):
+        forward = self._forward_term(x_velocity)
+        ctrl_cost = self.control_cost(action)
+        return forward - ctrl_cost, {"reward_forward": forward, "reward_ctrl": -ctrl_cost}
+
+
+class HalfCheetahVelEnv(_VelocityTaskMixin, _CheetahTask):
+    """HalfCheetah running at a target velocity ~ U[0, 2] (MAML paper); reward -|v_x - v*| - 0.05 |a|^2."""
+
+    velocity_range = (0.0, 2.0)
+    task_description = "target velocity ~ U[0, 2]"
+
+    def sample_default(self) -> VelocityTask:
+        return VelocityTask(1.0)
+
+
+class HalfCheetahDirEnv(_DirectionTaskMixin, _CheetahTask):
+    """HalfCheetah running forward or backward (MAML paper); reward d * v_x - 0.05 |a|^2."""
+
+    def sample_default(self) -> DirectionTask:
+        return DirectionTask(1)
+
+
+class _AntTask(LocomotionTaskEnv, AntEnv):
+    """Ant-v5 with the forward reward replaced by the task's term (alive bonus and costs kept)."""
+
+    def __init__(
+        self,
+        oracle: bool = False,
+        ctrl_cost_weight: float = 0.005,
+        contact_cost_weight: float = 5e-4,
+        healthy_reward: float = 0.05,
+        **kwargs: Any,
+    ):
+        """Args: weights as in pytorch-maml-rl's and ProMP's Ant task envs (ctrl 0.005, contact 5e-4,
+        alive 0.05); gymnasium v5's defaults are 0.5, 5e-4 and 1.0."""
+        self.oracle = oracle
+        weights = dict(ctrl_cost_weight=ctrl_cost_weight, contact_cost_weight=contact_cost_weight, healthy_reward=healthy_reward)
+        AntEnv.__init__(self, **weights, **kwargs)
+        self._finish_init(oracle, self.sample_default(), **weights, **kwargs)
+
+    def _get_rew(self, x_velocity: float, action):
+        forward = self._forward_term(x_velocity)
+        healthy = self.healthy_reward
+        ctrl_cost, contact_cost = self.control_cost(action), self.contact_cost
+        info = {"reward_forward": forward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost, "reward_survive": healthy}
+        return forward + healthy - ctrl_cost - contact_cost, info
+
+
+class AntVelEnv(_VelocityTaskMixin, _AntTask):
+    """Ant running at a target velocity ~ U[0, 3]; reward -|v_x - v*| + alive - control and contact costs."""
+
+    velocity_range = (0.0, 3.0)
+    task_description = "target velocity ~ U[0, 3]"
+
+    def sample_default(self) -> VelocityTask:
+        return VelocityTask(1.5)
+
+
+class AntDirEnv(_DirectionTaskMixin, _AntTask):
+    """Ant running forward or backward; reward d * v_x + alive - control and contact costs."""
+
+    def sample_default(self) -> DirectionTask:
+        return DirectionTask(1)
+
+
+class AntGoalEnv(_AntTask):
+    """Ant walking to a goal in the disk of radius 3 (ProMP); reward -|xy - goal|_1 + alive - costs."""
+
+    task_type = GoalTask
+    task_description = "goal uniform in the disk of radius 3"
+
+    def sample_default(self) -> GoalTask:
+        return GoalTask(goal=(1.0, 1.0))
+
+    def sample_tasks(self, num_tasks: int) -> list[GoalTask]:
+        radius = 3.0 * np.sqrt(self.np_random.uniform(size=num_tasks))  # uniform in area
+        angle = self.np_random.uniform(0.0, 2 * np.pi, size=num_tasks)
+        return [GoalTask(goal=(float(r * np.cos(a)), float(r * np.sin(a)))) for r, a in zip(radius, angle)]
+
+    def _task_features(self) -> np.ndarray:
+        return np.asarray(self._task.goal, dtype=np.float64)
+
+    def _forward_term(self, x_velocity: float) -> float:
+        xy = self.data.qpos[:2]  # the torso's free joint: the state after this step (xpos lags one step)
+        return -float(np.abs(xy - np.asarray(self._task.goal)).sum())
+
+
+# --- dynamics-varying families ---------------------------------------------------------------
+
+DYNAMICS_FIELDS = ("body_mass", "body_inertia", "dof_damping", "geom_friction")
+
+
+class _RandParamsTask(LocomotionTaskEnv):
+    """Dynamics randomisation of ProMP's rand_param_envs.
+
+    A task multiplies, element by element, the nominal body masses, inertias and geom frictions by
+    ``1.5 ** U(-3, 3)`` and the joint damping by ``1.3 ** U(-3, 3)``. Setting it rewrites this
+    instance's own ``MjModel`` (each gymnasium MujocoEnv loads its own) and recomputes the derived
+    constants with ``mj_setConst``.
+    """
+
+    task_type = DynamicsTask
+    task_description = "masses, inertias, friction x 1.5^U(-3,3); damping x 1.3^U(-3,3)"
+    log_scale_limit = 3.0
+
+    def _record_nominal(self) -> None:
+        self._nominal = {name: getattr(self.model, name).copy() for name in DYNAMICS_FIELDS}
+
+    def sample_default(self) -> DynamicsTask:
+        return DynamicsTask(**{name: (1.0,) * self._nominal[name].size for name in DYNAMICS_FIELDS})
+
+    def sample_tasks(self, num_tasks: int) -> list[DynamicsTask]:
+        tasks = []
+        for _ in range(num_tasks):
+            fields = {}
+            for name in DYNAMICS_FIELDS:
+                base = 1.3 if name == "dof_damping" else 1.5
+                exponents = self.np_random.uniform(-self.log_scale_limit, self.log_scale_limit, self._nominal[name].size)
+                fields[name] = tuple(float(m) for m in base**exponents)
+            tasks.append(DynamicsTask(**fields))
+        return tasks
+
+    def _apply_task(self, task: DynamicsTask) -> None:
+        for name in DYNAMICS_FIELDS:
+            nominal = self._nominal[name]
+            multipliers = np.asarray(getattr(task, name), dtype=np.float64)
+            if multipliers.size != nominal.size:
+                raise ValueError(f"task.{name} has {multipliers.size} multipliers, the model needs {nominal.size}")
+            getattr(self.model, name)[:] = nominal * multipliers.reshape(nominal.shape)
+        mujoco.mj_setConst(self.model, self.data)
+
+    def _task_features(self) -> np.ndarray:
+        return np.log(np.concatenate([np.asarray(getattr(self._task, name)) for name in DYNAMICS_FIELDS]))
+
+
+class HopperRandParamsEnv(_RandParamsTask, HopperEnv):
+    """Hopper-v5 with randomised dynamics (ProMP); the v5 reward: v_x + alive - 1e-3 |a|^2."""
+
+    def __init__(self, oracle: bool = False, **kwargs: Any):
+        self.oracle = oracle
+        HopperEnv.__init__(self, **kwargs)
+        self._record_nominal()
+        self._finish_init(oracle, self.sample_default(), **kwargs)
+
+
+class Walker2dRandParamsEnv(_RandParamsTask, Walker2dEnv):
+    """Walker2d-v5 with randomised dynamics (ProMP); the v5 reward: v_x + alive - 1e-3 |a|^2."""
+
+    def __init__(self, oracle: bool = False, **kwargs: Any):
+        self.oracle = oracle
+        Walker2dEnv.__init__(self, **kwargs)
+        self._record_nominal()
+        self._finish_init(oracle, self.sample_default(), **kwargs)
+
+
+class HalfCheetahRandParamsEnv(_RandParamsTask, HalfCheetahEnv):
+    """HalfCheetah-v5 with randomised dynamics; forward reward v_x - 0.05 |a|^2."""
+
+    def __init__(self, oracle: bool = False, ctrl_cost_weight: float = 0.05, **kwargs: Any):
+        """Args: ctrl_cost_weight 0.05 as in the other cheetah families (gymnasium v5: 0.1)."""
+        self.oracle = oracle
+        HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self._record_nominal()
+        self._finish_init(oracle, self.sample_default(), ctrl_cost_weight=ctrl_cost_weight, **kwargs)

@@ -1,0 +1,123 @@
+"""MuJoCo task families: rewards recomputed from info, task persistence, dynamics per instance, oracle."""
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from envs import DirectionTask, DynamicsTask, GoalTask, VelocityTask
+
+CHEETAH_CTRL, ANT_CTRL, ANT_CONTACT, ANT_ALIVE = 0.05, 0.005, 5e-4, 0.05
+
+
+def rollout(env, actions, seed=0):
+    env.reset(seed=seed)
+    return [env.step(a) for a in actions]
+
+
+def actions_for(env, n=15, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-1, 1, env.action_space.shape) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "env_id, task, forward",
+    [
+        ("metarl/HalfCheetahVel-v0", VelocityTask(1.3), lambda info: -abs(info["x_velocity"] - 1.3)),
+        ("metarl/HalfCheetahDir-v0", DirectionTask(-1), lambda info: -info["x_velocity"]),
+        ("metarl/AntVel-v0", VelocityTask(0.7), lambda info: -abs(info["x_velocity"] - 0.7)),
+        ("metarl/AntDir-v0", DirectionTask(1), lambda info: info["x_velocity"]),
+        ("metarl/AntGoal-v0", GoalTask(goal=(1.0, -2.0)),
+         lambda info: -(abs(info["x_position"] - 1.0) + abs(info["y_position"] + 2.0))),
+    ],
+)
+def test_goal_family_rewards_recomputed_from_info(env_id, task, forward):
+    env = gym.make(env_id)
+    env.unwrapped.set_task(task)
+    actions = actions_for(env)
+    for action, (_, reward, _, _, info) in zip(actions, rollout(env, actions)):
+        assert info["task"] == task
+        assert info["reward_forward"] == pytest.approx(forward(info), abs=1e-9)
+        ctrl = CHEETAH_CTRL if "Cheetah" in env_id else ANT_CTRL
+        assert info["reward_ctrl"] == pytest.approx(-ctrl * np.sum(action**2))
+        total = info["reward_forward"] + info["reward_ctrl"]
+        if "Ant" in env_id:
+            assert info["reward_survive"] in (0.0, ANT_ALIVE)
+            total += info["reward_contact"] + info["reward_survive"]
+        assert reward == pytest.approx(total)
+
+
+def test_velocity_tasks_rank_the_same_motion_differently():
+    slow, fast = gym.make("metarl/HalfCheetahVel-v0"), gym.make("metarl/HalfCheetahVel-v0")
+    slow.unwrapped.set_task(VelocityTask(0.0))
+    fast.unwrapped.set_task(VelocityTask(2.0))
+    actions = actions_for(slow)
+    r_slow = [step[1] for step in rollout(slow, actions)]
+    r_fast = [step[1] for step in rollout(fast, actions)]
+    assert not np.allclose(r_slow, r_fast)
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HopperRandParams-v0", "metarl/Walker2dRandParams-v0", "metarl/HalfCheetahRandParams-v0"])
+def test_dynamics_tasks_change_trajectories_and_only_their_own_model(env_id):
+    a, b = gym.make(env_id), gym.make(env_id)
+    a.reset(seed=0)
+    task = a.unwrapped.sample_tasks(1)[0]
+    nominal_mass = b.unwrapped.model.body_mass.copy()
+    a.unwrapped.set_task(task)
+    assert np.allclose(a.unwrapped.model.body_mass, nominal_mass * np.asarray(task.body_mass))
+    assert np.array_equal(b.unwrapped.model.body_mass, nominal_mass)  # the other instance is untouched
+
+    actions = actions_for(a, n=20)
+    obs_a = [s[0] for s in rollout(a, actions)]
+    obs_b = [s[0] for s in rollout(b, actions)]
+    assert not np.allclose(obs_a[-1], obs_b[-1])  # different physics, same actions
+
+    c = gym.make(env_id)
+    c.unwrapped.set_task(task)
+    obs_c = [s[0] for s in rollout(c, actions)]
+    assert np.array_equal(np.array(obs_a), np.array(obs_c))  # same task, same trajectory
+
+
+def test_dynamics_task_multipliers_follow_promp_ranges():
+    env = gym.make("metarl/HopperRandParams-v0")
+    env.reset(seed=0)
+    tasks = env.unwrapped.sample_tasks(50)
+    mass = np.concatenate([t.body_mass for t in tasks])
+    damping = np.concatenate([t.dof_damping for t in tasks])
+    assert mass.min() >= 1.5**-3 and mass.max() <= 1.5**3 and np.log(mass).std() > 0.5
+    assert damping.min() >= 1.3**-3 and damping.max() <= 1.3**3
+    with pytest.raises(ValueError, match="body_mass has 2 multipliers"):
+        env.unwrapped.set_task(DynamicsTask(body_mass=(1.0, 1.0), body_inertia=(), dof_damping=(), geom_friction=()))
+
+
+@pytest.mark.parametrize("env_id", ["metarl/AntGoal-v0", "metarl/HalfCheetahVel-v0", "metarl/HopperRandParams-v0"])
+def test_oracle_appends_the_task_and_pickles_with_it(env_id):
+    plain, oracle = gym.make(env_id), gym.make(env_id, oracle=True)
+    plain.reset(seed=0)
+    task = plain.unwrapped.sample_tasks(1)[0]
+    for env in (plain, oracle):
+        env.unwrapped.set_task(task)
+    obs_plain, _ = plain.reset(seed=3)
+    obs_oracle, _ = oracle.reset(seed=3)
+    features = oracle.unwrapped._task_features()
+    assert np.array_equal(obs_oracle, np.concatenate([obs_plain, features]))
+    clone = pickle.loads(pickle.dumps(oracle.unwrapped))
+    assert clone.oracle and clone.get_task() == task
+    assert clone.observation_space == oracle.unwrapped.observation_space
+
+
+def test_ant_goals_lie_in_the_disk():
+    env = gym.make("metarl/AntGoal-v0")
+    env.reset(seed=0)
+    goals = np.array([t.goal for t in env.unwrapped.sample_tasks(500)])
+    radius = np.linalg.norm(goals, axis=1)
+    assert radius.max() <= 3.0 and radius.mean() == pytest.approx(2.0, abs=0.15)  # E[r] = 2R/3 for uniform in area
+
+
+def test_tasks_accept_their_json_form():
+    env = gym.make("metarl/HalfCheetahVel-v0")
+    env.unwrapped.set_task({"velocity": 0.25})
+    assert env.unwrapped.get_task() == VelocityTask(0.25)
+    with pytest.raises(TypeError, match="VelocityTask"):
+        env.unwrapped.set_task(DirectionTask(1))
