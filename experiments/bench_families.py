@@ -14,6 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import gymnasium as gym
+
 from metarl import config as cfg
 from metarl.train import read_metrics, train
 
@@ -27,7 +29,7 @@ def bench(name: str, iterations: int, out: Path) -> dict:
                       [f"run.iterations={iterations}", "eval.at_end=false", f"run.output_dir={out}", f"run.name={name}"])
     metrics = read_metrics(train(config, quiet=True))
     mean = lambda key: sum(m[key] for m in metrics) / len(metrics)  # noqa: E731
-    horizon = config.sampler.horizon or "env"
+    horizon = config.sampler.horizon or gym.spec(config.env.id).max_episode_steps
     return {
         "env": config.env.id,
         "batch": f"{config.maml.meta_batch_size}x{config.sampler.episodes_per_task}x{horizon}",
