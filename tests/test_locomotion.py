@@ -121,3 +121,19 @@ def test_tasks_accept_their_json_form():
     assert env.unwrapped.get_task() == VelocityTask(0.25)
     with pytest.raises(TypeError, match="VelocityTask"):
         env.unwrapped.set_task(DirectionTask(1))
+
+
+def test_families_run_in_subprocess_vector_envs_with_a_task_per_worker():
+    """Pickling is what gymnasium's AsyncVectorEnv (and later remote workers) rely on."""
+    envs = gym.make_vec("metarl/HopperRandParams-v0", num_envs=2, vectorization_mode="async")
+    try:
+        probe = gym.make("metarl/HopperRandParams-v0")
+        probe.reset(seed=0)
+        tasks = probe.unwrapped.sample_tasks(2)
+        envs.set_attr("task", tasks)
+        assert list(envs.call("get_task")) == tasks
+        envs.reset(seed=0)
+        obs, *_ = envs.step(np.zeros((2, 3)))
+        assert obs.shape == (2, 11) and not np.allclose(obs[0], obs[1])
+    finally:
+        envs.close()
