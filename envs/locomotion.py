@@ -68,13 +68,14 @@ class LocomotionTaskEnv(TaskEnv):
 
     Subclasses define ``task_type``, ``task_description``, ``sample_tasks``, ``_apply_task`` (called
     by ``set_task``) and ``_task_features`` (the oracle's extra observation), and call
-    :meth:`_finish_init` at the end of ``__init__``.
+    :meth:`_finish_init` at the end of ``__init__``, after the v5 parent's ``__init__``.
     """
 
     task_type: type
     task_description: str = ""
 
     def _finish_init(self, oracle: bool, default_task: Any, **pickle_kwargs: Any) -> None:
+        self.oracle = oracle
         self._task = None
         self.set_task(default_task)
         if oracle:
@@ -85,8 +86,9 @@ class LocomotionTaskEnv(TaskEnv):
         utils.EzPickle.__init__(self, oracle=oracle, **pickle_kwargs)
 
     def set_task(self, task: Any) -> None:
-        self._task = _coerce(task, self.task_type)
-        self._apply_task(self._task)
+        task = _coerce(task, self.task_type)
+        self._apply_task(task)  # raises before changing anything if the task does not fit
+        self._task = task
 
     def get_task(self) -> Any:
         return self._task
@@ -157,13 +159,13 @@ class _CheetahTask(LocomotionTaskEnv, HalfCheetahEnv):
     """HalfCheetah-v5 with the forward reward replaced by the task's term."""
 
     def __init__(self, oracle: bool = False, ctrl_cost_weight: float = 0.05, **kwargs: Any):
-        """Args: ctrl_cost_weight 0.05 as in the MAML paper (gymnasium v5: 0.1); other v5 kwargs pass through."""
-        self.oracle = oracle
-        HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        """Args: ctrl_cost_weight 0.05 as in the MAML paper (gymnasium v5: 0.1); other v5 kwargs pass
+        through (``forward_reward_weight`` scales the task's term)."""
+        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         self._finish_init(oracle, self.sample_default(), ctrl_cost_weight=ctrl_cost_weight, **kwargs)
 
     def _get_rew(self, x_velocity: float, action):
-        forward = self._forward_term(x_velocity)
+        forward = self._forward_reward_weight * self._forward_term(x_velocity)
         ctrl_cost = self.control_cost(action)
         return forward - ctrl_cost, {"reward_forward": forward, "reward_ctrl": -ctrl_cost}
 
@@ -196,15 +198,15 @@ class _AntTask(LocomotionTaskEnv, AntEnv):
         healthy_reward: float = 0.05,
         **kwargs: Any,
     ):
-        """Args: weights as in pytorch-maml-rl's and ProMP's Ant task envs (ctrl 0.005, contact 5e-4,
-        alive 0.05); gymnasium v5's defaults are 0.5, 5e-4 and 1.0."""
-        self.oracle = oracle
+        """Args: weights as in pytorch-maml-rl's Ant task envs (ctrl 0.005, contact 5e-4, alive 0.05);
+        gymnasium v5's defaults are 0.5, 5e-4 and 1.0. Other v5 kwargs pass through
+        (``forward_reward_weight`` scales the task's term)."""
         weights = dict(ctrl_cost_weight=ctrl_cost_weight, contact_cost_weight=contact_cost_weight, healthy_reward=healthy_reward)
-        AntEnv.__init__(self, **weights, **kwargs)
+        super().__init__(**weights, **kwargs)
         self._finish_init(oracle, self.sample_default(), **weights, **kwargs)
 
     def _get_rew(self, x_velocity: float, action):
-        forward = self._forward_term(x_velocity)
+        forward = self._forward_reward_weight * self._forward_term(x_velocity)
         healthy = self.healthy_reward
         ctrl_cost, contact_cost = self.control_cost(action), self.contact_cost
         info = {"reward_forward": forward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost, "reward_survive": healthy}
@@ -229,10 +231,32 @@ class AntDirEnv(_DirectionTaskMixin, _AntTask):
 
 
 class AntGoalEnv(_AntTask):
-    """Ant walking to a goal in the disk of radius 3 (ProMP); reward -|xy - goal|_1 + alive - costs."""
+    """Ant walking to a goal in the disk of radius 3 (ProMP); reward -|xy - goal|_1 - control and contact costs."""
 
     task_type = GoalTask
     task_description = "goal uniform in the disk of radius 3"
+
+    def __init__(
+        self,
+        oracle: bool = False,
+        ctrl_cost_weight: float = 0.1,
+        contact_cost_weight: float = 5e-4,
+        healthy_reward: float = 0.0,
+        terminate_when_unhealthy: bool = False,
+        exclude_current_positions_from_observation: bool = False,
+        **kwargs: Any,
+    ):
+        """Args: as ProMP's AntRandGoal: ctrl 0.1, contact 5e-4, no alive bonus, no termination, and
+        the torso's x, y in the observation (the reward depends on them)."""
+        super().__init__(
+            oracle,
+            ctrl_cost_weight=ctrl_cost_weight,
+            contact_cost_weight=contact_cost_weight,
+            healthy_reward=healthy_reward,
+            terminate_when_unhealthy=terminate_when_unhealthy,
+            exclude_current_positions_from_observation=exclude_current_positions_from_observation,
+            **kwargs,
+        )
 
     def sample_default(self) -> GoalTask:
         return GoalTask(goal=(1.0, 1.0))
@@ -268,9 +292,6 @@ class _RandParamsTask(LocomotionTaskEnv):
     task_description = "masses, inertias, friction x 1.5^U(-3,3); damping x 1.3^U(-3,3)"
     log_scale_limit = 3.0
 
-    def _record_nominal(self) -> None:
-        self._nominal = {name: getattr(self.model, name).copy() for name in DYNAMICS_FIELDS}
-
     def sample_default(self) -> DynamicsTask:
         return DynamicsTask(**{name: (1.0,) * self._nominal[name].size for name in DYNAMICS_FIELDS})
 
@@ -285,14 +306,20 @@ class _RandParamsTask(LocomotionTaskEnv):
             tasks.append(DynamicsTask(**fields))
         return tasks
 
+    def __init__(self, oracle: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)  # the v5 env that follows in the MRO
+        self._nominal = {name: getattr(self.model, name).copy() for name in DYNAMICS_FIELDS}
+        self._finish_init(oracle, self.sample_default(), **kwargs)
+
     def _apply_task(self, task: DynamicsTask) -> None:
-        for name in DYNAMICS_FIELDS:
-            nominal = self._nominal[name]
-            multipliers = np.asarray(getattr(task, name), dtype=np.float64)
-            if multipliers.size != nominal.size:
-                raise ValueError(f"task.{name} has {multipliers.size} multipliers, the model needs {nominal.size}")
-            getattr(self.model, name)[:] = nominal * multipliers.reshape(nominal.shape)
-        mujoco.mj_setConst(self.model, self.data)
+        multipliers = {name: np.asarray(getattr(task, name), dtype=np.float64) for name in DYNAMICS_FIELDS}
+        for name, values in multipliers.items():
+            if values.size != self._nominal[name].size:
+                raise ValueError(f"task.{name} has {values.size} multipliers, the model needs {self._nominal[name].size}")
+        for name, values in multipliers.items():
+            getattr(self.model, name)[:] = self._nominal[name] * values.reshape(self._nominal[name].shape)
+        # Derived constants (subtree masses, ...); a scratch MjData keeps the running episode's state intact.
+        mujoco.mj_setConst(self.model, mujoco.MjData(self.model))
 
     def _task_features(self) -> np.ndarray:
         return np.log(np.concatenate([np.asarray(getattr(self._task, name)) for name in DYNAMICS_FIELDS]))
@@ -301,21 +328,9 @@ class _RandParamsTask(LocomotionTaskEnv):
 class HopperRandParamsEnv(_RandParamsTask, HopperEnv):
     """Hopper-v5 with randomised dynamics (ProMP); the v5 reward: v_x + alive - 1e-3 |a|^2."""
 
-    def __init__(self, oracle: bool = False, **kwargs: Any):
-        self.oracle = oracle
-        HopperEnv.__init__(self, **kwargs)
-        self._record_nominal()
-        self._finish_init(oracle, self.sample_default(), **kwargs)
-
 
 class Walker2dRandParamsEnv(_RandParamsTask, Walker2dEnv):
     """Walker2d-v5 with randomised dynamics (ProMP); the v5 reward: v_x + alive - 1e-3 |a|^2."""
-
-    def __init__(self, oracle: bool = False, **kwargs: Any):
-        self.oracle = oracle
-        Walker2dEnv.__init__(self, **kwargs)
-        self._record_nominal()
-        self._finish_init(oracle, self.sample_default(), **kwargs)
 
 
 class HalfCheetahRandParamsEnv(_RandParamsTask, HalfCheetahEnv):
@@ -323,7 +338,4 @@ class HalfCheetahRandParamsEnv(_RandParamsTask, HalfCheetahEnv):
 
     def __init__(self, oracle: bool = False, ctrl_cost_weight: float = 0.05, **kwargs: Any):
         """Args: ctrl_cost_weight 0.05 as in the other cheetah families (gymnasium v5: 0.1)."""
-        self.oracle = oracle
-        HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
-        self._record_nominal()
-        self._finish_init(oracle, self.sample_default(), ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        super().__init__(oracle, ctrl_cost_weight=ctrl_cost_weight, **kwargs)

@@ -30,7 +30,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
     before = set(gym.registry)
     for module in args.imports:
         resolve_env_id(f"{module}:_")
-    ids = registered_task_env_ids() + sorted(set(gym.registry) - before)
+    ids = sorted(set(registered_task_env_ids()) | (set(gym.registry) - before))
     rows = [(env_id, str(gym.spec(env_id).max_episode_steps or "-"), *_describe(env_id)) for env_id in ids]
     header = ("id", "horizon", "task space", "description")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]

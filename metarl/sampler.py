@@ -111,7 +111,7 @@ class Sampler:
         if not self.horizon or self.horizon <= 0:
             raise TaskEnvError(f"sampler.horizon: {env_id} registers no max_episode_steps; set a positive horizon")
         if vectorization == "vector_entry_point" and gym.spec(env_id).vector_entry_point is None:
-            raise TaskEnvError(f"sampler.vectorization: {env_id} registers no vector_entry_point; use auto, sync or async")
+            raise TaskEnvError(f"sampler.vectorization: {env_id} registers no vector_entry_point; use auto or sync")
         self.vectorization = vectorization
         low, high = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
         finite = np.isfinite(low) & np.isfinite(high) & rescale_actions

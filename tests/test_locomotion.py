@@ -1,14 +1,16 @@
 """MuJoCo task families: rewards recomputed from info, task persistence, dynamics per instance, oracle."""
 
+import json
 import pickle
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs import DirectionTask, DynamicsTask, GoalTask, VelocityTask
+from envs import DirectionTask, DynamicsTask, GoalTask, VelocityTask, task_to_json
 
-CHEETAH_CTRL, ANT_CTRL, ANT_CONTACT, ANT_ALIVE = 0.05, 0.005, 5e-4, 0.05
+# (control cost weight, alive bonus) of each family's defaults
+WEIGHTS = {"HalfCheetah": (0.05, None), "AntVel": (0.005, 0.05), "AntDir": (0.005, 0.05), "AntGoal": (0.1, 0.0)}
 
 
 def rollout(env, actions, seed=0):
@@ -39,11 +41,11 @@ def test_goal_family_rewards_recomputed_from_info(env_id, task, forward):
     for action, (_, reward, _, _, info) in zip(actions, rollout(env, actions)):
         assert info["task"] == task
         assert info["reward_forward"] == pytest.approx(forward(info), abs=1e-9)
-        ctrl = CHEETAH_CTRL if "Cheetah" in env_id else ANT_CTRL
+        ctrl, alive = next(w for name, w in WEIGHTS.items() if name in env_id)
         assert info["reward_ctrl"] == pytest.approx(-ctrl * np.sum(action**2))
         total = info["reward_forward"] + info["reward_ctrl"]
-        if "Ant" in env_id:
-            assert info["reward_survive"] in (0.0, ANT_ALIVE)
+        if alive is not None:
+            assert info["reward_survive"] in (0.0, alive)
             total += info["reward_contact"] + info["reward_survive"]
         assert reward == pytest.approx(total)
 
@@ -100,8 +102,14 @@ def test_oracle_appends_the_task_and_pickles_with_it(env_id):
         env.unwrapped.set_task(task)
     obs_plain, _ = plain.reset(seed=3)
     obs_oracle, _ = oracle.reset(seed=3)
-    features = oracle.unwrapped._task_features()
-    assert np.array_equal(obs_oracle, np.concatenate([obs_plain, features]))
+    if isinstance(task, GoalTask):
+        features = np.array(task.goal)
+    elif isinstance(task, VelocityTask):
+        features = np.array([task.velocity])
+    else:  # log-multipliers of the dynamics, in field order
+        features = np.log(np.concatenate([task.body_mass, task.body_inertia, task.dof_damping, task.geom_friction]))
+    assert np.allclose(obs_oracle, np.concatenate([obs_plain, features]))
+    assert oracle.observation_space.shape == obs_oracle.shape
     clone = pickle.loads(pickle.dumps(oracle.unwrapped))
     assert clone.oracle and clone.get_task() == task
     assert clone.observation_space == oracle.unwrapped.observation_space
@@ -125,15 +133,58 @@ def test_tasks_accept_their_json_form():
 
 def test_families_run_in_subprocess_vector_envs_with_a_task_per_worker():
     """Pickling is what gymnasium's AsyncVectorEnv (and later remote workers) rely on."""
-    envs = gym.make_vec("metarl/HopperRandParams-v0", num_envs=2, vectorization_mode="async")
+    probe = gym.make("metarl/HopperRandParams-v0")
+    probe.reset(seed=0)
+    tasks = probe.unwrapped.sample_tasks(2)
+    envs = {mode: gym.make_vec("metarl/HopperRandParams-v0", num_envs=2, vectorization_mode=mode) for mode in ("async", "sync")}
     try:
-        probe = gym.make("metarl/HopperRandParams-v0")
-        probe.reset(seed=0)
-        tasks = probe.unwrapped.sample_tasks(2)
-        envs.set_attr("task", tasks)
-        assert list(envs.call("get_task")) == tasks
-        envs.reset(seed=0)
-        obs, *_ = envs.step(np.zeros((2, 3)))
-        assert obs.shape == (2, 11) and not np.allclose(obs[0], obs[1])
+        observations = {}
+        for mode, vec in envs.items():
+            vec.set_attr("task", tasks)
+            assert list(vec.call("get_task")) == tasks
+            vec.reset(seed=0)
+            actions = np.random.default_rng(0).uniform(-1, 1, size=(10, 2, 3))
+            observations[mode] = np.array([vec.step(a)[0] for a in actions])
+        assert np.array_equal(observations["async"], observations["sync"])
     finally:
-        envs.close()
+        for vec in envs.values():
+            vec.close()
+
+
+@pytest.mark.parametrize("env_id", ["metarl/AntGoal-v0", "metarl/Walker2dRandParams-v0"])
+def test_a_stepped_env_pickles_with_its_task_and_json_round_trips_the_task(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    task = env.unwrapped.sample_tasks(1)[0]
+    env.unwrapped.set_task(task)
+    env.step(env.action_space.sample())
+    clone = pickle.loads(pickle.dumps(env.unwrapped))
+    assert clone.get_task() == task
+    if isinstance(task, DynamicsTask):
+        assert np.array_equal(clone.model.body_mass, env.unwrapped.model.body_mass)
+    other = gym.make(env_id)
+    other.unwrapped.set_task(json.loads(json.dumps(task_to_json(task))))
+    assert other.unwrapped.get_task() == task
+
+
+def test_setting_a_task_mid_episode_keeps_the_state_and_a_bad_task_changes_nothing():
+    env = gym.make("metarl/HopperRandParams-v0")
+    env.reset(seed=0)
+    env.step(np.zeros(3))
+    qpos = env.unwrapped.data.qpos.copy()
+    env.unwrapped.set_task(env.unwrapped.sample_tasks(1)[0])
+    assert np.array_equal(env.unwrapped.data.qpos, qpos)
+    before_task, before_mass = env.unwrapped.get_task(), env.unwrapped.model.body_mass.copy()
+    bad = DynamicsTask(body_mass=(2.0,) * before_mass.size, body_inertia=(1.0,), dof_damping=(), geom_friction=())
+    with pytest.raises(ValueError, match="body_inertia has 1 multipliers"):
+        env.unwrapped.set_task(bad)
+    assert env.unwrapped.get_task() == before_task
+    assert np.array_equal(env.unwrapped.model.body_mass, before_mass)
+
+
+def test_forward_reward_weight_scales_the_task_term():
+    env = gym.make("metarl/HalfCheetahDir-v0", forward_reward_weight=2.0)
+    env.unwrapped.set_task(DirectionTask(1))
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.ones(6))
+    assert info["reward_forward"] == pytest.approx(2.0 * info["x_velocity"])
