@@ -130,6 +130,9 @@ class _VelocityTaskMixin:
     task_type = VelocityTask
     velocity_range: tuple[float, float]
 
+    def sample_default(self) -> VelocityTask:
+        return VelocityTask(sum(self.velocity_range) / 2)  # the middle of the range
+
     def sample_tasks(self, num_tasks: int) -> list[VelocityTask]:
         low, high = self.velocity_range
         return [VelocityTask(float(v)) for v in self.np_random.uniform(low, high, size=num_tasks)]
@@ -144,6 +147,9 @@ class _VelocityTaskMixin:
 class _DirectionTaskMixin:
     task_type = DirectionTask
     task_description = "direction in {-1, +1}"
+
+    def sample_default(self) -> DirectionTask:
+        return DirectionTask(1)
 
     def sample_tasks(self, num_tasks: int) -> list[DirectionTask]:
         return [DirectionTask(int(d)) for d in self.np_random.choice([-1, 1], size=num_tasks)]
@@ -176,15 +182,9 @@ class HalfCheetahVelEnv(_VelocityTaskMixin, _CheetahTask):
     velocity_range = (0.0, 2.0)
     task_description = "target velocity ~ U[0, 2]"
 
-    def sample_default(self) -> VelocityTask:
-        return VelocityTask(1.0)
-
 
 class HalfCheetahDirEnv(_DirectionTaskMixin, _CheetahTask):
     """HalfCheetah running forward or backward (MAML paper); reward d * v_x - 0.05 |a|^2."""
-
-    def sample_default(self) -> DirectionTask:
-        return DirectionTask(1)
 
 
 class _AntTask(LocomotionTaskEnv, AntEnv):
@@ -219,15 +219,9 @@ class AntVelEnv(_VelocityTaskMixin, _AntTask):
     velocity_range = (0.0, 3.0)
     task_description = "target velocity ~ U[0, 3]"
 
-    def sample_default(self) -> VelocityTask:
-        return VelocityTask(1.5)
-
 
 class AntDirEnv(_DirectionTaskMixin, _AntTask):
     """Ant running forward or backward; reward d * v_x + alive - control and contact costs."""
-
-    def sample_default(self) -> DirectionTask:
-        return DirectionTask(1)
 
 
 class AntGoalEnv(_AntTask):

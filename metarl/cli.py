@@ -10,7 +10,7 @@ import sys
 import gymnasium as gym
 
 from metarl import config as cfg
-from metarl.sampler import TaskEnvError, registered_task_env_ids, resolve_env_id
+from metarl.sampler import TaskEnvError, import_task_module, registered_task_env_ids
 
 EXIT_BAD_INPUT = 2
 
@@ -29,7 +29,7 @@ def _describe(env_id: str) -> tuple[str, str]:
 def cmd_envs(args: argparse.Namespace) -> int:
     before = set(gym.registry)
     for module in args.imports:
-        resolve_env_id(f"{module}:_")
+        import_task_module(module)
     ids = sorted(set(registered_task_env_ids()) | (set(gym.registry) - before))
     rows = [(env_id, str(gym.spec(env_id).max_episode_steps or "-"), *_describe(env_id)) for env_id in ids]
     header = ("id", "horizon", "task space", "description")

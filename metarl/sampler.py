@@ -27,6 +27,14 @@ def registered_task_env_ids() -> list[str]:
     return sorted(env_id for env_id in gym.registry if env_id.startswith("metarl/"))
 
 
+def import_task_module(module: str) -> None:
+    """Import a user's module, which registers its task envs with gymnasium."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise TaskEnvError(f"env.id: cannot import module {module!r}: {exc}") from exc
+
+
 def resolve_env_id(env_id: str) -> str:
     """Import the module of a ``"module:Env-v0"`` id (gymnasium's syntax) and return ``"Env-v0"``.
 
@@ -34,10 +42,7 @@ def resolve_env_id(env_id: str) -> str:
     """
     module, sep, bare = env_id.rpartition(":")
     if sep:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise TaskEnvError(f"env.id: cannot import module {module!r} of {env_id!r}: {exc}") from exc
+        import_task_module(module)
     return bare
 
 
