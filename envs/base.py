@@ -12,9 +12,12 @@ Tasks are small frozen dataclasses: they pickle, compare by value and serialise 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+
+if TYPE_CHECKING:
+    from envs.batched import BatchedTaskSim
 
 #: Methods a task env must provide; the sampler checks them before a run starts.
 TASK_PROTOCOL = ("sample_tasks", "set_task", "get_task")
@@ -25,7 +28,8 @@ class TaskEnv(gym.Env):
 
     Subclasses implement ``sample_tasks``, ``set_task`` and ``get_task``. The ``task`` property lets
     vector envs install one task per sub-environment with ``envs.set_attr("task", tasks)``.
-    ``task_description`` is the one-line task space that ``metarl envs`` shows.
+    ``task_description`` is the one-line task space that ``metarl envs`` shows. An env can offer a
+    faster batched simulator of itself through :meth:`make_batched` (see ``envs.batched``).
     """
 
     task_description: str = ""
@@ -41,6 +45,14 @@ class TaskEnv(gym.Env):
     def get_task(self) -> Any:
         """The task currently installed."""
         raise NotImplementedError
+
+    def make_batched(self, num_envs: int, device: Any = "cpu", seed: int | None = None) -> BatchedTaskSim | None:
+        """A batched simulator of ``num_envs`` copies of this env (same constructor arguments), or
+        None when the env has none; metarl's sampler then uses gymnasium's vector API.
+
+        ``seed`` seeds the simulator's own generator (initial-state noise).
+        """
+        return None
 
     @property
     def task(self) -> Any:

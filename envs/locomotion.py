@@ -15,6 +15,7 @@ default here and named in the constructor docstring.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 
 from envs.base import TaskEnv
+from envs.batched import BatchedTaskSim
 from envs.navigation import GoalTask
 
 
@@ -67,7 +69,7 @@ class LocomotionTaskEnv(TaskEnv):
     """Shared machinery of the MuJoCo task envs; the concrete classes mix it into a v5 env.
 
     Subclasses define ``task_type``, ``task_description``, ``sample_tasks``, ``_apply_task`` (called
-    by ``set_task``) and ``_task_features`` (the oracle's extra observation), and call
+    by ``set_task``) and ``task_features`` (the oracle's extra observation), and call
     :meth:`_finish_init` at the end of ``__init__``, after the v5 parent's ``__init__``.
     """
 
@@ -96,8 +98,35 @@ class LocomotionTaskEnv(TaskEnv):
     def _apply_task(self, task: Any) -> None:
         """Hook for tasks that change the model; goal tasks only change the reward."""
 
-    def _task_features(self) -> np.ndarray:
+    def coerce_task(self, task: Any) -> Any:
+        """``task`` as this family's task dataclass (accepts its JSON form); raises TypeError otherwise."""
+        return _coerce(task, self.task_type)
+
+    def task_features(self, task: Any) -> np.ndarray:
+        """What the oracle sees of ``task`` (appended to the observation)."""
         raise NotImplementedError
+
+    def _task_features(self) -> np.ndarray:
+        return self.task_features(self._task)
+
+    # Hooks of the batched simulator (envs.mujoco_batch): the task's reward term for N envs at once.
+
+    def batch_task_array(self, tasks: list[Any]) -> np.ndarray:
+        """The tasks' reward parameters as one array, first dimension N."""
+        return np.zeros((len(tasks), 0))
+
+    def batch_forward_term(self, x_velocity: np.ndarray, qpos: np.ndarray, task_array: np.ndarray) -> np.ndarray:
+        """:meth:`_forward_term` for N envs: ``x_velocity`` ``[N]``, ``qpos`` ``[N, nq]`` after the step."""
+        return x_velocity
+
+    def task_model(self, task: Any) -> mujoco.MjModel:
+        """The model an env on ``task`` simulates (goal tasks: this env's own, shared)."""
+        return self.model
+
+    def make_batched(self, num_envs: int, device: Any = "cpu", seed: int | None = None) -> BatchedTaskSim:
+        from envs.mujoco_batch import MujocoBatchSim
+
+        return MujocoBatchSim(self, num_envs, device=device, seed=seed)
 
     def _get_obs(self) -> np.ndarray:
         obs = super()._get_obs()
@@ -137,11 +166,17 @@ class _VelocityTaskMixin:
         low, high = self.velocity_range
         return [VelocityTask(float(v)) for v in self.np_random.uniform(low, high, size=num_tasks)]
 
-    def _task_features(self) -> np.ndarray:
-        return np.array([self._task.velocity])
+    def task_features(self, task: VelocityTask) -> np.ndarray:
+        return np.array([task.velocity])
 
     def _forward_term(self, x_velocity: float) -> float:
         return -abs(x_velocity - self._task.velocity)
+
+    def batch_task_array(self, tasks: list[VelocityTask]) -> np.ndarray:
+        return np.array([t.velocity for t in tasks], dtype=np.float64)
+
+    def batch_forward_term(self, x_velocity: np.ndarray, qpos: np.ndarray, task_array: np.ndarray) -> np.ndarray:
+        return -np.abs(x_velocity - task_array)
 
 
 class _DirectionTaskMixin:
@@ -154,11 +189,17 @@ class _DirectionTaskMixin:
     def sample_tasks(self, num_tasks: int) -> list[DirectionTask]:
         return [DirectionTask(int(d)) for d in self.np_random.choice([-1, 1], size=num_tasks)]
 
-    def _task_features(self) -> np.ndarray:
-        return np.array([float(self._task.direction)])
+    def task_features(self, task: DirectionTask) -> np.ndarray:
+        return np.array([float(task.direction)])
 
     def _forward_term(self, x_velocity: float) -> float:
         return self._task.direction * x_velocity
+
+    def batch_task_array(self, tasks: list[DirectionTask]) -> np.ndarray:
+        return np.array([t.direction for t in tasks], dtype=np.float64)
+
+    def batch_forward_term(self, x_velocity: np.ndarray, qpos: np.ndarray, task_array: np.ndarray) -> np.ndarray:
+        return task_array * x_velocity
 
 
 class _CheetahTask(LocomotionTaskEnv, HalfCheetahEnv):
@@ -260,12 +301,18 @@ class AntGoalEnv(_AntTask):
         angle = self.np_random.uniform(0.0, 2 * np.pi, size=num_tasks)
         return [GoalTask(goal=(float(r * np.cos(a)), float(r * np.sin(a)))) for r, a in zip(radius, angle)]
 
-    def _task_features(self) -> np.ndarray:
-        return np.asarray(self._task.goal, dtype=np.float64)
+    def task_features(self, task: GoalTask) -> np.ndarray:
+        return np.asarray(task.goal, dtype=np.float64)
 
     def _forward_term(self, x_velocity: float) -> float:
         xy = self.data.qpos[:2]  # the torso's free joint: the state after this step (xpos lags one step)
         return -float(np.abs(xy - np.asarray(self._task.goal)).sum())
+
+    def batch_task_array(self, tasks: list[GoalTask]) -> np.ndarray:
+        return np.array([t.goal for t in tasks], dtype=np.float64).reshape(len(tasks), 2)
+
+    def batch_forward_term(self, x_velocity: np.ndarray, qpos: np.ndarray, task_array: np.ndarray) -> np.ndarray:
+        return -np.abs(qpos[:, :2] - task_array).sum(1)
 
 
 # --- dynamics-varying families ---------------------------------------------------------------
@@ -305,18 +352,24 @@ class _RandParamsTask(LocomotionTaskEnv):
         self._nominal = {name: getattr(self.model, name).copy() for name in DYNAMICS_FIELDS}
         self._finish_init(oracle, self.sample_default(), **kwargs)
 
-    def _apply_task(self, task: DynamicsTask) -> None:
+    def _apply_task(self, task: DynamicsTask, model: mujoco.MjModel | None = None) -> None:
+        model = self.model if model is None else model
         multipliers = {name: np.asarray(getattr(task, name), dtype=np.float64) for name in DYNAMICS_FIELDS}
         for name, values in multipliers.items():
             if values.size != self._nominal[name].size:
                 raise ValueError(f"task.{name} has {values.size} multipliers, the model needs {self._nominal[name].size}")
         for name, values in multipliers.items():
-            getattr(self.model, name)[:] = self._nominal[name] * values.reshape(self._nominal[name].shape)
+            getattr(model, name)[:] = self._nominal[name] * values.reshape(self._nominal[name].shape)
         # Derived constants (subtree masses, ...); a scratch MjData keeps the running episode's state intact.
-        mujoco.mj_setConst(self.model, mujoco.MjData(self.model))
+        mujoco.mj_setConst(model, mujoco.MjData(model))
 
-    def _task_features(self) -> np.ndarray:
-        return np.log(np.concatenate([np.asarray(getattr(self._task, name)) for name in DYNAMICS_FIELDS]))
+    def task_model(self, task: DynamicsTask) -> mujoco.MjModel:
+        model = copy.copy(self.model)
+        self._apply_task(task, model)
+        return model
+
+    def task_features(self, task: DynamicsTask) -> np.ndarray:
+        return np.log(np.concatenate([np.asarray(getattr(task, name)) for name in DYNAMICS_FIELDS]))
 
 
 class HopperRandParamsEnv(_RandParamsTask, HopperEnv):

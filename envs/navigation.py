@@ -6,7 +6,8 @@ distance between the new position and the goal. The episode terminates when the 
 0.01 of the goal on both axes; the registration truncates it at 100 steps.
 
 ``Navigation2DVectorEnv`` steps N points at once in numpy with the same dynamics; it is registered as
-the env's vector entry point, so ``gymnasium.make_vec`` (and metarl's sampler) pick it up.
+the env's vector entry point, so ``gymnasium.make_vec`` picks it up. ``Navigation2DTorchSim`` does
+the same in torch on any device; it is the env's batched simulator, which metarl's sampler uses.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium import spaces
+from torch import Tensor
 
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.base import TaskEnv
+from envs.batched import BatchedTaskSim, check_num_tasks
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class Navigation2DEnv(TaskEnv):
 
     def get_task(self) -> GoalTask:
         return GoalTask(goal=(float(self._goal[0]), float(self._goal[1])))
+
+    def make_batched(self, num_envs: int, device: Any = "cpu", seed: int | None = None) -> Navigation2DTorchSim:
+        return Navigation2DTorchSim(num_envs, self.max_action, self.goal_tolerance, device)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -178,3 +185,34 @@ class Navigation2DVectorEnv(VectorEnv):
         self._positions, self._steps = positions, steps
         self._needs_reset = terminated | truncated
         return self._positions.astype(np.float32), rewards, terminated, truncated, dict(self._info)
+
+
+class Navigation2DTorchSim(BatchedTaskSim):
+    """``num_envs`` 2D-navigation envs in torch on ``device``: the dynamics of :func:`navigation_step`.
+
+    Positions are float64 (as in the numpy envs); observations are returned as float32.
+    """
+
+    def __init__(self, num_envs: int, max_action: float = 0.1, goal_tolerance: float = 0.01, device: Any = "cpu"):
+        self.num_envs, self.device = num_envs, torch.device(device)
+        self.max_action, self.goal_tolerance = float(max_action), float(goal_tolerance)
+        self._goals = torch.zeros(num_envs, 2, dtype=torch.float64, device=self.device)
+        self._positions = torch.zeros_like(self._goals)
+
+    def set_tasks(self, tasks) -> None:
+        goals = [GoalTask(goal=tuple(t["goal"])) if isinstance(t, dict) else t for t in check_num_tasks(tasks, self.num_envs)]
+        if not all(isinstance(t, GoalTask) and len(t.goal) == 2 for t in goals):
+            raise TypeError("tasks must be GoalTasks with 2D goals")
+        self._goals = torch.tensor([t.goal for t in goals], dtype=torch.float64, device=self.device)
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        self._positions = torch.zeros_like(self._goals)
+        return self._positions.float()
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        actions = actions.to(device=self.device, dtype=torch.float64)
+        self._positions = self._positions + actions.clamp(-self.max_action, self.max_action)
+        offset = self._positions - self._goals
+        reward = -offset.square().sum(-1).sqrt()
+        terminated = (offset.abs() < self.goal_tolerance).all(-1)
+        return self._positions.float(), reward, terminated

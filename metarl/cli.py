@@ -9,6 +9,7 @@ import sys
 
 import gymnasium as gym
 
+from metarl import bench
 from metarl import config as cfg
 from metarl.sampler import TaskEnvError, import_task_module, registered_task_env_ids
 
@@ -76,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
                    help="override config fields, e.g. eval.num_steps=5 eval.step_sizes=[0.1]")
     p.add_argument("--checkpoint", help="checkpoint file to evaluate (default: RUN_DIR/checkpoints/last.pt)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="measure sampling and meta-update speed",
+                       description="Measure env steps/s (raw MuJoCo rollout, metarl's sampler, gymnasium's vector envs) "
+                       "and meta-update time (batched vs per task) at the literature's configs.")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
 
     p = sub.add_parser("envs", help="list the registered task envs",
                        description="List metarl's task envs, and those a user module registers (--import).")

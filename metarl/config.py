@@ -49,7 +49,8 @@ class SamplerConfig:
     horizon: int | None = None
     """Steps per episode; null takes the env's max_episode_steps."""
     vectorization: str = "auto"
-    """auto (the env's own vector entry point if any, else sync), sync or vector_entry_point."""
+    """auto (the env's batched simulator if any, else its vector entry point, else sync), batched,
+    vector_entry_point, sync or async (gymnasium's AsyncVectorEnv: one process per sub-env)."""
     rescale_actions: bool = True
     """Policy acts in [-1, 1], mapped onto the env's action bounds (as in the MAML paper's rllab setup)."""
 

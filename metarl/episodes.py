@@ -52,6 +52,14 @@ class Episodes:
         """Number of valid environment steps in the batch."""
         return int(self.mask.sum().item())
 
+    def task_slice(self, start: int, stop: int) -> Episodes:
+        """The episodes of tasks ``start:stop`` (views, not copies)."""
+        advantages = None if self.advantages is None else self.advantages[start:stop]
+        return Episodes(
+            self.observations[start:stop], self.actions[start:stop], self.rewards[start:stop],
+            self.mask[start:stop], self.tasks[start:stop], advantages,
+        )
+
     def episode_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[T, E]``."""
         return (self.rewards * self.mask).sum(-1)

@@ -19,16 +19,18 @@ easier to read in the logs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.distributions import Normal
 
 from metarl.episodes import Episodes
 from metarl.policy import GaussianMLPPolicy, Params, expand_params
 from metarl.returns import masked_mean
-from metarl.trpo import backtracking_line_search, conjugate_gradient, flat, gaussian_kl, hessian_vector_product
+from metarl.trpo import backtracking_line_search, conjugate_gradient, flat, gaussian_kl
 
 
 def _flatten_steps(episodes: Episodes) -> tuple[Tensor, Tensor]:
@@ -112,6 +114,14 @@ class MetaBatch:
     train: list[Episodes]
     valid: Episodes
 
+    @property
+    def num_tasks(self) -> int:
+        return self.valid.num_tasks
+
+    def task_slice(self, start: int, stop: int) -> MetaBatch:
+        """The same batch restricted to tasks ``start:stop``."""
+        return MetaBatch([e.task_slice(start, stop) for e in self.train], self.valid.task_slice(start, stop))
+
 
 @dataclass
 class TRPOStats:
@@ -146,6 +156,113 @@ def _meta_objective(
     return loss, kl
 
 
+class AdaptationJacobian:
+    """The inner adaptation ``theta -> theta_K`` of T tasks, linearised at the current ``theta``.
+
+    One step is ``theta_k = theta_{k-1} - alpha * g_k(theta_{k-1})``, so its Jacobian is
+    ``J_k = I - alpha * H_k``, with ``H_k`` the Hessian of task k's inner loss at ``theta_{k-1}``
+    (block diagonal over tasks, symmetric). ``J = J_K ... J_1``; products with ``J`` and ``J^T``
+    are chains of Hessian-vector products on the inner episodes, each one backward pass through
+    the inner gradients' graph, for all tasks at once. First order (FOMAML) has ``J = I``.
+
+    Attributes:
+        adapted: the adapted per-task parameters ``theta_K`` (``[T, ...]``, detached).
+    """
+
+    def __init__(
+        self, policy: GaussianMLPPolicy, theta: Params, train: list[Episodes], step_size: float, first_order: bool
+    ):
+        self.step_size, self.num_tasks = step_size, train[0].num_tasks
+        self._steps: list[tuple[list[Tensor], tuple[Tensor, ...]]] = []
+        params = expand_params({name: p.detach() for name, p in theta.items()}, self.num_tasks)
+        for episodes in train:
+            leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+            with torch.enable_grad():
+                loss = vpg_loss(policy, leaves, episodes).sum()
+                grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=not first_order)
+            if not first_order:
+                self._steps.append((list(leaves.values()), grads))
+            params = {name: (p - step_size * g).detach() for (name, p), g in zip(leaves.items(), grads)}
+        self.adapted = params
+
+    def _step(self, k: int, vectors: list[Tensor]) -> list[Tensor]:
+        """``J_k w = w - alpha H_k w`` (also ``J_k^T w``: ``H_k`` is symmetric) for per-task ``w``."""
+        leaves, grads = self._steps[k]
+        hessian_w = torch.autograd.grad(
+            sum((g * w).sum() for g, w in zip(grads, vectors)), leaves, retain_graph=True
+        )
+        return [w - self.step_size * hw for w, hw in zip(vectors, hessian_w)]
+
+    def jvp(self, vectors: list[Tensor]) -> list[Tensor]:
+        """``J v`` for a shared tangent ``v`` (shapes of ``theta``); returns per-task ``[T, ...]``."""
+        out = [v.unsqueeze(0).expand(self.num_tasks, *v.shape) for v in vectors]
+        for k in range(len(self._steps)):
+            out = self._step(k, out)
+        return out
+
+    def vjp(self, cotangents: list[Tensor]) -> list[Tensor]:
+        """``J^T u`` for per-task ``u`` (``[T, ...]``), summed over tasks into the shapes of ``theta``."""
+        out = list(cotangents)
+        for k in reversed(range(len(self._steps))):
+            out = self._step(k, out)
+        return [u.sum(0) for u in out]
+
+
+@dataclass
+class _MetaProblem:
+    """The TRPO quantities of one group of tasks at the current ``theta``."""
+
+    loss: Tensor
+    num_tasks: int
+    gradient: list[Tensor]
+    product: Callable[[list[Tensor]], list[Tensor]]
+    old: tuple[Tensor, Tensor, Tensor]
+
+
+def _meta_problem(
+    policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch, step_size: float, first_order: bool
+) -> _MetaProblem:
+    """Surrogate gradient and KL Hessian-vector product through the adaptation, at ``theta``.
+
+    At the current parameters the KL and its gradient in the adapted parameters vanish, so the
+    Hessian of ``theta -> KL(theta_K(theta))`` is exactly ``J^T F J``, with ``F`` the Hessian of the
+    KL in ``theta_K`` (the Fisher matrix of the post-adaptation policies on the validation episodes):
+    no third derivatives are needed. The surrogate's gradient is ``J^T grad_{theta_K} L``. Both
+    are summed over tasks (the caller divides by the number of tasks).
+    """
+    jacobian = AdaptationJacobian(policy, theta, batch.train, step_size, first_order)
+    fixed = jacobian.adapted
+    adapted = {name: p.detach().requires_grad_() for name, p in fixed.items()}
+    leaves = list(adapted.values())
+    valid = batch.valid
+    obs, _ = _flatten_steps(valid)
+    with torch.enable_grad():
+        mean, std = policy.mean_std(obs, adapted)
+        log_prob = _log_prob(mean, std, valid)
+        old = (mean.detach(), std.detach(), log_prob.detach())
+        loss = surrogate_loss(log_prob, old[2], _advantages(valid), valid.mask).sum()
+        loss_grad = torch.autograd.grad(loss, leaves, retain_graph=True)
+    # Each task's KL is a masked mean over its steps: step weights m_t / sum_t m_t.
+    mask = valid.mask.reshape(valid.num_tasks, -1, 1)
+    precision = mask / mask.sum(1, keepdim=True) / old[1].square()
+    names = list(adapted)
+
+    def fisher(tangents: list[Tensor]) -> list[Tensor]:
+        """``F w`` for the Gaussian policy, exactly: at equal parameters the KL's Hessian is
+        ``sum_t w_t J_mu^T diag(1/std^2) J_mu`` in the mean network's parameters and ``2 I`` in
+        ``log_std`` (no cross terms); ``J_mu w`` by forward mode, ``J_mu^T`` by one backward pass."""
+        with forward_ad.dual_level():
+            dual = {name: forward_ad.make_dual(fixed[name], t.contiguous()) for name, t in zip(names, tangents)}
+            mean_dot = forward_ad.unpack_dual(policy.mean_std(obs, dual)[0]).tangent
+        grads = torch.autograd.grad(mean, leaves, grad_outputs=mean_dot * precision, retain_graph=True, allow_unused=True)
+        return [2.0 * t if g is None else g for g, t in zip(grads, tangents)]
+
+    def product(vectors: list[Tensor]) -> list[Tensor]:
+        return jacobian.vjp(fisher(jacobian.jvp(vectors)))
+
+    return _MetaProblem(loss.detach(), valid.num_tasks, jacobian.vjp(list(loss_grad)), product, old)
+
+
 def trpo_meta_step(
     policy: GaussianMLPPolicy,
     batch: MetaBatch,
@@ -156,28 +273,40 @@ def trpo_meta_step(
     cg_damping: float = 1e-5,
     line_search_steps: int = 15,
     backtrack_ratio: float = 0.8,
+    per_task: bool = False,
 ) -> TRPOStats:
-    """One TRPO meta-update of ``policy``'s parameters in place (see the module docstring)."""
+    """One TRPO meta-update of ``policy``'s parameters in place (see the module docstring).
+
+    All tasks are computed together (parameters stacked per task). ``per_task=True`` computes the
+    same update task by task, as the reference implementations do; it exists to measure the
+    difference and to test that both agree.
+    """
     theta = policy.parameters_dict()
     tensors = list(theta.values())
+    groups = [batch.task_slice(t, t + 1) for t in range(batch.num_tasks)] if per_task else [batch]
+    problems = [_meta_problem(policy, theta, group, inner_step_size, first_order) for group in groups]
+    num_tasks = batch.num_tasks
 
-    with torch.no_grad():
-        old_params = adapt_steps(policy, theta, batch.train, inner_step_size, first_order=True)
-        old_params = {name: p.detach() for name, p in old_params.items()}
-        old_mean, old_std = policy_outputs(policy, old_params, batch.valid)
-        old_log_prob = _log_prob(old_mean, old_std, batch.valid)
-    old = (old_mean, old_std, old_log_prob)
+    def total(parts: list[list[Tensor]]) -> Tensor:
+        return flat([sum(p[i] for p in parts) for i in range(len(tensors))]) / num_tasks
 
-    loss, kl = _meta_objective(policy, theta, batch, inner_step_size, first_order, old)
-    grad = flat(torch.autograd.grad(loss, tensors, retain_graph=True))
-    fisher_product = hessian_vector_product(kl, tensors, damping=cg_damping)
+    def unflatten(vector: Tensor) -> list[Tensor]:
+        chunks = torch.split(vector, [p.numel() for p in tensors])
+        return [chunk.view_as(p) for chunk, p in zip(chunks, tensors)]
+
+    def fisher_product(vector: Tensor) -> Tensor:
+        vectors = unflatten(vector)
+        return total([problem.product(vectors) for problem in problems]) + cg_damping * vector
+
+    loss_before = float(sum(problem.loss for problem in problems)) / num_tasks
+    grad = total([problem.gradient for problem in problems])
     direction, fisher_direction = conjugate_gradient(fisher_product, grad, iters=cg_iters)
     curvature = 0.5 * (direction @ fisher_direction)
-    loss_before = float(loss.item())
     grad_norm = float(grad.norm().item())
     if not torch.isfinite(curvature) or curvature <= 0:
         return TRPOStats(loss_before, loss_before, 0.0, grad_norm, None)
     full_step = direction / torch.sqrt(curvature / max_kl)
+    olds = [problem.old for problem in problems]
 
     start = flat(tensors).detach().clone()
 
@@ -193,8 +322,13 @@ def trpo_meta_step(
         with torch.no_grad():
             candidate = policy.parameters_dict()
             # The value of the adapted parameters does not depend on the order; first-order skips the graph.
-            new_loss, new_kl = _meta_objective(policy, candidate, batch, inner_step_size, True, old)
-        return float(new_loss.item()), float(new_kl.item())
+            values = [
+                _meta_objective(policy, candidate, group, inner_step_size, True, old) for group, old in zip(groups, olds)
+            ]
+        return (
+            sum(float(loss) * g.num_tasks for (loss, _), g in zip(values, groups)) / num_tasks,
+            sum(float(kl) * g.num_tasks for (_, kl), g in zip(values, groups)) / num_tasks,
+        )
 
     step, loss_after, kl_after = backtracking_line_search(
         evaluate, loss_before, max_kl, max_steps=line_search_steps, backtrack_ratio=backtrack_ratio

@@ -1,4 +1,4 @@
-"""Collect episodes for a batch of tasks at once through gymnasium's vector API."""
+"""Collect episodes for a batch of tasks at once: the env's batched simulator, or gymnasium's vector API."""
 
 from __future__ import annotations
 
@@ -11,12 +11,21 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import envs  # noqa: F401  (registers the metarl/ task envs)
-from envs.base import missing_protocol
+from envs.base import TaskEnv, missing_protocol
+from envs.batched import BatchedTaskSim
 from metarl.episodes import Episodes
 from metarl.policy import GaussianMLPPolicy, Params
 
-# gymnasium's AsyncVectorEnv is left out on purpose: it starts one process per sub-env (T*E of them).
-VECTORIZATION_MODES = ("auto", "sync", "vector_entry_point")
+#: How the sampler steps its T*E sub-environments. "auto": the env's batched simulator if it has one
+#: (``TaskEnv.make_batched``), else its registered vector entry point, else gymnasium's SyncVectorEnv.
+#: "async" is gymnasium's AsyncVectorEnv: one process per sub-env, slow on few cores (for benchmarks).
+VECTORIZATION_MODES = ("auto", "batched", "vector_entry_point", "sync", "async")
+
+
+def has_batched_simulator(env: gym.Env) -> bool:
+    """Whether ``env`` offers a batched simulator (overrides ``TaskEnv.make_batched``)."""
+    method = getattr(type(env.unwrapped), "make_batched", None)
+    return callable(method) and method is not TaskEnv.make_batched
 
 
 class TaskEnvError(ValueError):
@@ -85,8 +94,7 @@ class Sampler:
         env_id, env_kwargs: the registered task env and its constructor kwargs.
         horizon: steps per episode; defaults to the env's ``max_episode_steps``, and replaces it
             as the env's time limit otherwise.
-        vectorization: "auto" (the env's own vector entry point if it registers one, else sync),
-            "sync" or "vector_entry_point".
+        vectorization: one of :data:`VECTORIZATION_MODES`; "auto" picks the fastest the env offers.
         device: where observations are sent for the policy.
         seed: seeds the env resets and the action noise.
         rescale_actions: the policy acts in [-1, 1] per dimension, mapped affinely onto the env's
@@ -110,7 +118,14 @@ class Sampler:
         env_id = resolve_env_id(env_id)
         probe = check_task_env(env_id, env_kwargs)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
-        probe.close()
+        if vectorization == "batched" and not has_batched_simulator(probe):
+            probe.close()
+            raise TaskEnvError(f"sampler.vectorization: {env_id} has no batched simulator; use auto, vector_entry_point or sync")
+        self.batched = vectorization == "batched" or (vectorization == "auto" and has_batched_simulator(probe))
+        # The batched simulator is made by an instance of the env (it copies the instance's kwargs).
+        self._factory: gym.Env | None = probe if self.batched else None
+        if not self.batched:
+            probe.close()
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.horizon = horizon or gym.spec(env_id).max_episode_steps
         if not self.horizon or self.horizon <= 0:
@@ -126,6 +141,8 @@ class Sampler:
         self._reset_seeds = np.random.default_rng(seed)
         self._noise = torch.Generator(device=self.device).manual_seed(seed)
         self._vector_envs: dict[int, gym.vector.VectorEnv] = {}
+        self._sims: dict[int, BatchedTaskSim] = {}
+        self._seed = seed
 
     @property
     def obs_dim(self) -> int:
@@ -134,6 +151,21 @@ class Sampler:
     @property
     def act_dim(self) -> int:
         return self.action_space.shape[0]
+
+    @property
+    def mode(self) -> str:
+        """The path actually used: "batched", "vector_entry_point", "sync" or "async"."""
+        if self.batched:
+            return "batched"
+        if self.vectorization == "auto":
+            return "vector_entry_point" if gym.spec(self.env_id).vector_entry_point is not None else "sync"
+        return self.vectorization
+
+    def _batched_sim(self, num_envs: int) -> BatchedTaskSim:
+        if num_envs not in self._sims:
+            sim = self._factory.unwrapped.make_batched(num_envs, device=self.device, seed=self._seed)
+            self._sims[num_envs] = sim
+        return self._sims[num_envs]
 
     def _vector_env(self, num_envs: int) -> gym.vector.VectorEnv:
         if num_envs not in self._vector_envs:
@@ -165,28 +197,59 @@ class Sampler:
         Returns:
             :class:`Episodes` shaped ``[len(tasks), episodes_per_task, horizon]``.
         """
+        num_envs = len(tasks) * episodes_per_task
+        sim = self._batched_sim(num_envs) if self.batched else None
+        if sim is not None and sim.uses_cpu_threads and self.device.type == "cpu":
+            # torch's idle threads spin and slow the simulator's pool down; a one-thread policy
+            # forward for a few hundred envs costs less than that.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self._sample(policy, params, tasks, episodes_per_task)
+            finally:
+                torch.set_num_threads(threads)
+        return self._sample(policy, params, tasks, episodes_per_task)
+
+    def _sample(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
         num_tasks, num_episodes, horizon = len(tasks), episodes_per_task, self.horizon
-        envs = self._vector_env(num_tasks * num_episodes)
-        envs.set_attr("task", [task for task in tasks for _ in range(num_episodes)])
-        obs, _ = envs.reset(seed=int(self._reset_seeds.integers(2**31 - 1)))
+        num_envs = num_tasks * num_episodes
+        env_tasks = [task for task in tasks for _ in range(num_episodes)]
+        reset_seed = int(self._reset_seeds.integers(2**31 - 1))
+        if self.batched:
+            sim = self._batched_sim(num_envs)
+            sim.set_tasks(env_tasks)
+            obs = sim.reset(seed=reset_seed)
+        else:
+            envs = self._vector_env(num_envs)
+            envs.set_attr("task", env_tasks)
+            obs, _ = envs.reset(seed=reset_seed)
 
         shape = (num_tasks, num_episodes, horizon)
         observations = torch.zeros(*shape, self.obs_dim, device=self.device)
         actions = torch.zeros(*shape, self.act_dim, device=self.device)
         rewards = torch.zeros(shape, device=self.device)
         mask = torch.zeros(shape, device=self.device)
-        alive = np.ones(num_tasks * num_episodes, dtype=bool)
+        alive = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
+        scale = torch.as_tensor(self._action_scale, dtype=torch.float32, device=self.device)
         for t in range(horizon):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(num_tasks, num_episodes, -1)
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            # Whatever a finished sub-env returns is ignored, and must not turn into NaNs in the losses.
+            obs_t = torch.where(alive[:, None], obs_t, 0.0).reshape(num_tasks, num_episodes, -1)
             mean, std = policy.mean_std(obs_t, params)
             action = mean + std * torch.randn(mean.shape, generator=self._noise, device=self.device)
             observations[:, :, t] = obs_t
             actions[:, :, t] = action
-            mask[:, :, t] = torch.as_tensor(alive.reshape(num_tasks, num_episodes), device=self.device)
-            env_action = self._action_center + self._action_scale * action.reshape(num_tasks * num_episodes, -1).cpu().numpy()
-            obs, reward, terminated, truncated, _ = envs.step(env_action.astype(self.action_space.dtype))
-            rewards[:, :, t] = torch.as_tensor(reward * alive, dtype=torch.float32, device=self.device).reshape(num_tasks, num_episodes)
-            alive &= ~(terminated | truncated)
+            mask[:, :, t] = alive.reshape(num_tasks, num_episodes)
+            env_action = center + scale * action.reshape(num_envs, -1)
+            if self.batched:
+                obs, reward, terminated = sim.step(env_action)
+            else:
+                obs, reward, terminated, truncated, _ = envs.step(env_action.cpu().numpy().astype(self.action_space.dtype))
+                reward, terminated = torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated | truncated, device=self.device)
+            reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
+            rewards[:, :, t] = torch.where(alive, reward, 0.0).reshape(num_tasks, num_episodes)
+            alive &= ~terminated.to(self.device)
             if not alive.any():
                 break
         return Episodes(observations, actions, rewards, mask, list(tasks))
@@ -195,3 +258,9 @@ class Sampler:
         for envs in self._vector_envs.values():
             envs.close()
         self._vector_envs.clear()
+        for sim in self._sims.values():
+            sim.close()
+        self._sims.clear()
+        if self._factory is not None:
+            self._factory.close()
+            self._factory = None

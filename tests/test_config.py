@@ -38,7 +38,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("policy.nonlinearity=sigmoid", "policy.nonlinearity: must be one of relu, tanh"),
         ("maml.gamma=1.5", r"maml.gamma: must be in \[0, 1\]"),
         ("trpo.max_kl=0", "trpo.max_kl: must be > 0"),
-        ("sampler.vectorization=threads", "sampler.vectorization: must be one of auto, sync, vector_entry_point"),
+        ("sampler.vectorization=threads", "sampler.vectorization: must be one of auto, batched, vector_entry_point, sync, async"),
         ("run.device=tpu", "run.device: must be auto, cpu, cuda or cuda:N"),
         ("run.device=cuda:abc", "run.device: must be auto, cpu, cuda or cuda:N"),
         ("run.seed=-1", r"run.seed: must be in \[0, 2\*\*32\)"),

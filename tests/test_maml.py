@@ -7,7 +7,7 @@ import metarl.maml as maml
 from metarl.episodes import Episodes
 from metarl.maml import MetaBatch, adapt_steps, log_probs, surrogate_loss, trpo_meta_step
 from metarl.policy import GaussianMLPPolicy, detach_params
-from metarl.trpo import flat, gaussian_kl
+from metarl.trpo import flat, gaussian_kl, hessian_vector_product
 
 from conftest import synthetic_episodes
 
@@ -101,6 +101,39 @@ def test_batched_meta_gradient_equals_sum_of_per_task_gradients():
         for t in range(valid.num_tasks)
     ) / valid.num_tasks
     assert torch.allclose(batched, per_task, atol=1e-12)
+
+
+@pytest.mark.parametrize("inner_steps,first_order", [(1, False), (2, False), (1, True)])
+def test_structured_kl_hessian_product_equals_double_backprop_through_the_adaptation(inner_steps, first_order):
+    # The update uses J^T F J (exact where the KL and its gradient vanish); the reference is plain
+    # double backprop of the KL through the whole adaptation graph, third derivatives included.
+    policy = tiny_policy()
+    theta = policy.parameters_dict()
+    batch = MetaBatch([synthetic_episodes(seed=s) for s in range(inner_steps)], synthetic_episodes(seed=10))
+    problem = maml._meta_problem(policy, theta, batch, INNER_LR, first_order)
+    loss, kl = maml._meta_objective(policy, theta, batch, INNER_LR, first_order, problem.old)
+    reference_product = hessian_vector_product(kl * batch.num_tasks, list(theta.values()))
+    reference_grad = flat(torch.autograd.grad(loss * batch.num_tasks, list(theta.values()), retain_graph=True))
+    assert torch.allclose(flat(problem.gradient), reference_grad, atol=1e-12)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(reference_grad.shape, generator=generator, dtype=torch.float64)
+        vectors = [chunk.view_as(p) for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]), theta.values())]
+        assert torch.allclose(flat(problem.product(vectors)), reference_product(v), atol=1e-10)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_per_task_trpo_step_equals_batched_step(first_order):
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    results = []
+    for per_task in (False, True):
+        policy = tiny_policy()
+        stats = trpo_meta_step(policy, batch, INNER_LR, first_order=first_order, max_kl=1e-3, per_task=per_task)
+        results.append((stats, flat(list(policy.parameters_dict().values())).detach()))
+    (batched, theta_batched), (looped, theta_looped) = results
+    assert batched.accepted and batched.line_search_step == looped.line_search_step
+    assert batched.loss_after == pytest.approx(looped.loss_after, rel=1e-9, abs=1e-12)
+    assert torch.allclose(theta_batched, theta_looped, atol=1e-10)
 
 
 def _post_adaptation_kl(policy, theta_old, theta_new, batch):

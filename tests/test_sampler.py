@@ -94,15 +94,41 @@ def test_vector_entry_point_mode_needs_one():
         Sampler("tests/Counter-v0", vectorization="vector_entry_point")
 
 
-def test_navigation_fast_vector_env_and_generic_sync_path_give_identical_episodes():
+def test_navigation_batched_vector_and_generic_sync_paths_give_identical_episodes():
     tasks = gym.make("metarl/Navigation2D-v0").unwrapped.sample_tasks(3)
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=0.3)
-    fast, generic = (Sampler("metarl/Navigation2D-v0", seed=5, vectorization=mode) for mode in ("auto", "sync"))
-    a, b = fast.sample(policy, None, tasks, 4), generic.sample(policy, None, tasks, 4)
-    assert fast._vector_env(12).__class__.__name__ == "Navigation2DVectorEnv"
-    for name in ("observations", "actions", "rewards", "mask"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    modes = ("auto", "vector_entry_point", "sync")
+    samplers = [Sampler("metarl/Navigation2D-v0", seed=5, vectorization=mode) for mode in modes]
+    assert [s.mode for s in samplers] == ["batched", "vector_entry_point", "sync"]
+    batched, *others = [s.sample(policy, None, tasks, 4) for s in samplers]
+    for other in others:
+        for name in ("observations", "actions", "rewards", "mask"):
+            assert torch.equal(getattr(batched, name), getattr(other, name)), name
+
+
+def test_batched_mode_needs_a_batched_simulator():
+    assert Sampler("tests/Counter-v0").mode == "sync"
+    with pytest.raises(TaskEnvError, match="sampler.vectorization: tests/Counter-v0 has no batched simulator"):
+        Sampler("tests/Counter-v0", vectorization="batched")
+
+
+def test_mujoco_batched_path_matches_the_gymnasium_path_in_distribution():
+    # Same policy and tasks through both paths: the initial-state noise comes from different
+    # generators, so compare statistics, not values. HalfCheetah never terminates.
+    env_id = "metarl/HalfCheetahVel-v0"
+    tasks = gym.make(env_id).unwrapped.sample_tasks(2)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(17, 6, hidden_sizes=(8,))
+    batched, generic = (Sampler(env_id, horizon=20, seed=3, vectorization=m) for m in ("auto", "sync"))
+    assert batched.mode == "batched" and generic.mode == "sync"
+    a, b = batched.sample(policy, None, tasks, 8), generic.sample(policy, None, tasks, 8)
+    assert a.observations.shape == b.observations.shape == (2, 8, 20, 17)
+    # The first observation is the reset state: init_qpos[1:] / init_qvel plus noise of scale 0.1.
+    assert a.observations[:, :, 0].abs().max() < 0.6 and b.observations[:, :, 0].abs().max() < 0.6
+    assert a.episode_returns().mean().item() == pytest.approx(b.episode_returns().mean().item(), rel=0.15)
+    batched.close()
+    generic.close()
 
 
 def test_env_without_a_settable_task_property_is_rejected():

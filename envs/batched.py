@@ -1,0 +1,63 @@
+"""Batched simulators: N copies of a task env stepped together, each on its own task.
+
+A task env may offer one through ``TaskEnv.make_batched``; metarl's sampler then steps all its
+sub-environments with one call per step instead of going through gymnasium's vector API. A batched
+simulator is the *same* environment as the gymnasium one (same spaces, dynamics, rewards and
+terminations; tests compare them step by step), minus what the sampler does not need: no
+autoreset (the sampler runs fixed-horizon episodes and masks the steps after a termination), no
+``info`` dicts, no rendering.
+
+Observations, rewards and actions are torch tensors on the simulator's device, so that a simulator
+written in torch (2D navigation) runs wholly on the policy's device, GPU included.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class BatchedTaskSim(ABC):
+    """``num_envs`` task envs stepped together.
+
+    Attributes:
+        num_envs: N.
+        device: where ``reset`` and ``step`` put their tensors and expect the actions.
+        uses_cpu_threads: the simulator steps on a pool of CPU threads of its own; the sampler then
+            runs the policy on one torch thread, so the two pools do not compete for the cores.
+    """
+
+    num_envs: int
+    device: torch.device
+    uses_cpu_threads: bool = False
+
+    @abstractmethod
+    def set_tasks(self, tasks: Sequence[Any]) -> None:
+        """Install one task per environment (``len(tasks) == num_envs``); they persist across resets."""
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> Tensor:
+        """Start a new episode in every environment; returns observations ``[N, obs_dim]``."""
+
+    @abstractmethod
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Apply ``actions`` ``[N, act_dim]`` (in the env's own action units).
+
+        Returns:
+            observations ``[N, obs_dim]``, rewards ``[N]`` and ``terminated`` ``[N]`` (bool).
+            Environments already terminated keep being stepped; their values are meaningless.
+        """
+
+    def close(self) -> None:
+        """Release threads or buffers (nothing by default)."""
+
+
+def check_num_tasks(tasks: Sequence[Any], num_envs: int) -> list[Any]:
+    tasks = list(tasks)
+    if len(tasks) != num_envs:
+        raise ValueError(f"expected one task per environment ({num_envs}), got {len(tasks)}")
+    return tasks

@@ -1,0 +1,238 @@
+"""A batched simulator for the MuJoCo task families, stepped in C through ``mujoco.rollout``.
+
+Each env step is one ``Rollout.rollout`` call over all N environments for ``frame_skip`` physics
+substeps: MuJoCo spreads the environments over its thread pool and releases the GIL. Observations,
+rewards and terminations are then computed for all environments at once in numpy, with the same
+formulas as gymnasium's v5 envs (HalfCheetah, Hopper, Walker2d, Ant), reading the weights and
+ranges from the env instance that made the simulator, so constructor kwargs carry over.
+
+Goal tasks share one ``MjModel``; dynamics tasks get one model per distinct task (the env's own
+``task_model``), and every environment runs on its task's model.
+
+Ant needs more: it measures its velocity with the torso's ``xpos`` and observes and pays for contact
+forces (``cfrc_ext``), quantities of the last substep's forward passes, which MuJoCo does not return
+from a rollout (and Ant integrates with RK4, so they belong to no state the rollout returns either).
+For Ant the rollout therefore runs ``frame_skip - 1`` substeps and the last one is stepped per
+environment in Python, exactly as gymnasium does (``mj_step`` then ``mj_rnePostConstraint``), spread
+over a thread pool. The constraint solver's warm start is not carried from step to step
+(``mujoco.rollout`` does not return it), so results agree with the gymnasium env to solver tolerance
+rather than bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import mujoco
+import numpy as np
+import torch
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+from mujoco import rollout
+from torch import Tensor
+
+from envs.batched import BatchedTaskSim, check_num_tasks
+
+if TYPE_CHECKING:
+    from envs.locomotion import LocomotionTaskEnv
+
+_FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
+_CTRL = mujoco.mjtState.mjSTATE_CTRL.value
+
+
+def default_threads() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class MujocoBatchSim(BatchedTaskSim):
+    """N copies of a MuJoCo task env (``env``'s model, kwargs and reward) stepped together.
+
+    Args:
+        env: the task env instance to copy (``env.unwrapped`` of a ``gymnasium.make``).
+        num_envs: N.
+        device: where the returned tensors go (the physics runs on CPU threads).
+        seed: seeds the initial-state noise.
+        nthread: threads of the rollout pool (default: the cores this process may use).
+    """
+
+    uses_cpu_threads = True
+
+    def __init__(
+        self, env: LocomotionTaskEnv, num_envs: int, device: Any = "cpu", seed: int | None = None, nthread: int | None = None
+    ):
+        if not isinstance(env, (HalfCheetahEnv, HopperEnv, Walker2dEnv, AntEnv)):
+            raise TypeError(f"no batched simulator for {type(env).__name__}")
+        self.env, self.num_envs, self.device = env, num_envs, torch.device(device)
+        self.nthread = nthread or default_threads()
+        model = env.model
+        self.frame_skip, self.dt = env.frame_skip, env.dt
+        self.nq, self.nv, self.nu = model.nq, model.nv, model.nu
+        self.nstate = mujoco.mj_stateSize(model, _FULL)
+        time_size = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_TIME.value)
+        self._qpos = slice(time_size, time_size + self.nq)
+        self._qvel = slice(self._qpos.stop, self._qpos.stop + self.nv)
+        self._rng = np.random.default_rng(seed)
+        self._pool = rollout.Rollout(nthread=self.nthread)
+        self._datas = [mujoco.MjData(model) for _ in range(max(self.nthread, 1))]
+        self._state = np.zeros((num_envs, self.nstate))
+        self._is_ant = isinstance(env, AntEnv)
+        self._rollout_steps = self.frame_skip - 1 if self._is_ant else self.frame_skip
+        self._out = np.zeros((num_envs, self._rollout_steps, self.nstate))
+        self._sensors = np.zeros((num_envs, self._rollout_steps, model.nsensordata))
+        self._control = np.zeros((num_envs, self._rollout_steps, self.nu))
+        self._threads = ThreadPoolExecutor(self.nthread) if self._is_ant and self.nthread > 1 else None
+        self._xy = np.zeros((num_envs, 2))  # Ant: the torso's xpos before the step
+        self.set_tasks([env.get_task()] * num_envs)
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def set_tasks(self, tasks: Sequence[Any]) -> None:
+        coerced = [self.env.coerce_task(task) for task in check_num_tasks(tasks, self.num_envs)]
+        models = {task: self.env.task_model(task) for task in dict.fromkeys(coerced)}  # validates each task once
+        self.tasks = coerced
+        self._models = [models[task] for task in coerced]
+        self._task_array = self.env.batch_task_array(coerced)
+        self._features = np.stack([self.env.task_features(t) for t in coerced]) if self.env.oracle else None
+
+    # --- reset and step ----------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        env, n, scale = self.env, self.num_envs, self.env._reset_noise_scale
+        qpos = env.init_qpos + self._rng.uniform(-scale, scale, size=(n, self.nq))
+        if isinstance(env, (HalfCheetahEnv, AntEnv)):
+            qvel = env.init_qvel + scale * self._rng.standard_normal((n, self.nv))
+        else:
+            qvel = env.init_qvel + self._rng.uniform(-scale, scale, size=(n, self.nv))
+        return self.reset_to(qpos, qvel)
+
+    def reset_to(self, qpos: np.ndarray, qvel: np.ndarray) -> Tensor:
+        """Start every environment from the given ``qpos`` ``[N, nq]`` and ``qvel`` ``[N, nv]``."""
+        self._state[:] = 0.0
+        self._state[:, self._qpos] = qpos
+        self._state[:, self._qvel] = qvel
+        self._xy = np.array(qpos[:, :2], dtype=np.float64)  # the free joint's xpos after mj_forward
+        contact = np.zeros((self.num_envs, self.env.model.nbody, 6)) if self._is_ant else None
+        return self._to_torch(self._observation(self._state[:, self._qpos], self._state[:, self._qvel], contact))
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        action = actions.detach().to("cpu", torch.float64).numpy()
+        if action.shape != (self.num_envs, self.nu):
+            raise ValueError(f"actions must be shaped {(self.num_envs, self.nu)}, got {tuple(action.shape)}")
+        before_x = self._state[:, self._qpos][:, 0].copy()
+        if self._rollout_steps > 0:
+            self._control[:] = action[:, None, :]
+            self._pool.rollout(
+                self._models, self._datas, self._state, self._control, control_spec=_CTRL, skip_checks=True,
+                nstep=self._rollout_steps, state=self._out, sensordata=self._sensors,
+            )
+            self._state[:] = self._out[:, -1]
+        contact = None
+        if self._is_ant:
+            # The last substep per environment, as gymnasium does it: xpos and cfrc_ext come from its
+            # forward passes (Ant integrates with RK4, so not from any state the rollout returns).
+            xy_after, contact = self._last_substep(action)
+            x_velocity = (xy_after[:, 0] - self._xy[:, 0]) / self.dt
+            self._xy = xy_after
+        qpos, qvel = self._state[:, self._qpos], self._state[:, self._qvel]
+        if not self._is_ant:
+            x_velocity = (qpos[:, 0] - before_x) / self.dt
+        reward, terminated = self._reward(x_velocity, qpos, qvel, action, contact)
+        obs = self._observation(qpos, qvel, contact)
+        return self._to_torch(obs), torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated, device=self.device)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
+
+    # --- the v5 formulas, vectorised ---------------------------------------------------------
+
+    def _last_substep(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step every environment's last substep in Python (threads over environments); updates the
+        states and returns the torso's ``xpos[:2]`` ``[N, 2]`` and ``cfrc_ext`` ``[N, nbody, 6]``."""
+        xy = np.zeros((self.num_envs, 2))
+        contact = np.zeros((self.num_envs, self.env.model.nbody, 6))
+        body = self.env.model.body(self.env._main_body).id
+
+        def run(index: int) -> None:
+            data = self._datas[index]
+            for i in range(index, self.num_envs, len(self._datas)):
+                model = self._models[i]
+                mujoco.mj_setState(model, data, self._state[i], _FULL)
+                data.ctrl[:] = action[i]
+                mujoco.mj_step(model, data)
+                mujoco.mj_rnePostConstraint(model, data)
+                mujoco.mj_getState(model, data, self._state[i], _FULL)
+                xy[i] = data.xpos[body, :2]
+                contact[i] = data.cfrc_ext
+
+        if self._threads is None:
+            run(0)
+        else:
+            list(self._threads.map(run, range(len(self._datas))))
+        return xy, contact
+
+    def _observation(self, qpos: np.ndarray, qvel: np.ndarray, contact: np.ndarray | None) -> np.ndarray:
+        env = self.env
+        if isinstance(env, AntEnv):
+            position = qpos[:, 2:] if env._exclude_current_positions_from_observation else qpos
+            parts = [position, qvel]
+            if env._include_cfrc_ext_in_observation:
+                low, high = env._contact_force_range
+                parts.append(np.clip(contact[:, 1:], low, high).reshape(self.num_envs, -1))
+        else:
+            position = qpos[:, 1:] if env._exclude_current_positions_from_observation else qpos
+            velocity = qvel if isinstance(env, HalfCheetahEnv) else np.clip(qvel, -10, 10)
+            parts = [position, velocity]
+        if self._features is not None:
+            parts.append(self._features)
+        return np.concatenate(parts, axis=1)
+
+    def _healthy(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        env = self.env
+        if isinstance(env, HalfCheetahEnv):
+            return np.ones(self.num_envs, dtype=bool)
+        if isinstance(env, AntEnv):
+            low, high = env._healthy_z_range
+            finite = np.isfinite(qpos).all(1) & np.isfinite(qvel).all(1)
+            return finite & (low <= qpos[:, 2]) & (qpos[:, 2] <= high)
+        z, angle = qpos[:, 1], qpos[:, 2]
+        (z_low, z_high), (a_low, a_high) = env._healthy_z_range, env._healthy_angle_range
+        healthy = (z_low < z) & (z < z_high) & (a_low < angle) & (angle < a_high)
+        if isinstance(env, HopperEnv):
+            s_low, s_high = env._healthy_state_range
+            state = np.concatenate([qpos, qvel], axis=1)[:, 2:]
+            healthy &= ((s_low < state) & (state < s_high)).all(1)
+        return healthy
+
+    def _reward(
+        self, x_velocity: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray, contact: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        env = self.env
+        forward = env._forward_reward_weight * env.batch_forward_term(x_velocity, qpos, self._task_array)
+        reward = forward - env._ctrl_cost_weight * np.square(action).sum(1)
+        healthy = self._healthy(qpos, qvel)
+        if not isinstance(env, HalfCheetahEnv):
+            reward = reward + healthy * env._healthy_reward
+        if isinstance(env, AntEnv):
+            low, high = env._contact_force_range
+            reward = reward - env._contact_cost_weight * np.square(np.clip(contact, low, high)).sum((1, 2))
+        terminated = ~healthy & bool(getattr(env, "_terminate_when_unhealthy", False))
+        return reward, terminated
+
+    def _to_torch(self, obs: np.ndarray) -> Tensor:
+        return torch.as_tensor(obs, device=self.device)
