@@ -13,6 +13,7 @@ written in torch (2D navigation) runs wholly on the policy's device, GPU include
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -61,3 +62,11 @@ def check_num_tasks(tasks: Sequence[Any], num_envs: int) -> list[Any]:
     if len(tasks) != num_envs:
         raise ValueError(f"expected one task per environment ({num_envs}), got {len(tasks)}")
     return tasks
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -21,7 +21,6 @@ rather than bit for bit.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -36,21 +35,13 @@ from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 from mujoco import rollout
 from torch import Tensor
 
-from envs.batched import BatchedTaskSim, check_num_tasks
+from envs.batched import BatchedTaskSim, check_num_tasks, cpu_cores
 
 if TYPE_CHECKING:
     from envs.locomotion import LocomotionTaskEnv
 
 _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 _CTRL = mujoco.mjtState.mjSTATE_CTRL.value
-
-
-def default_threads() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class MujocoBatchSim(BatchedTaskSim):
@@ -72,7 +63,7 @@ class MujocoBatchSim(BatchedTaskSim):
         if not isinstance(env, (HalfCheetahEnv, HopperEnv, Walker2dEnv, AntEnv)):
             raise TypeError(f"no batched simulator for {type(env).__name__}")
         self.env, self.num_envs, self.device = env, num_envs, torch.device(device)
-        self.nthread = nthread or default_threads()
+        self.nthread = nthread or cpu_cores()
         model = env.model
         self.frame_skip, self.dt = env.frame_skip, env.dt
         self.nq, self.nv, self.nu = model.nq, model.nv, model.nu

@@ -33,9 +33,11 @@ import torch
 from mujoco import rollout
 
 import metarl.config as cfg
-from envs.mujoco_batch import MujocoBatchSim, default_threads
+from envs.batched import cpu_cores
+from envs.mujoco_batch import MujocoBatchSim
 from metarl.maml import MetaBatch, adapt, trpo_meta_step
 from metarl.policy import detach_params, expand_params
+from metarl.runtime import resolve_workers
 from metarl.train import build, make_sampler, meta_iteration
 
 
@@ -150,7 +152,10 @@ def meta_update_times(config: cfg.Config, repeats: int) -> tuple[float, float, f
     def update(per_task: bool) -> Callable[[], Any]:
         def run() -> Any:
             parts.policy.load_state_dict(start_state)
-            return trpo_meta_step(parts.policy, batch, maml.inner_lr, max_kl=config.trpo.max_kl, per_task=per_task)
+            workers = resolve_workers(config.trpo.workers, parts.device)
+            return trpo_meta_step(
+                parts.policy, batch, maml.inner_lr, max_kl=config.trpo.max_kl, per_task=per_task, workers=workers
+            )
         return run
 
     batched, _ = best_of(repeats, update(False))
@@ -221,7 +226,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3, help="measurements per figure; the best is kept (default 3)")
     p.add_argument("--async-envs", type=int, default=8,
                    help="sub-envs (= processes) for the AsyncVectorEnv rate; 0 skips it (default 8)")
-    p.add_argument("--threads", type=int, default=default_threads(), help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=cpu_cores(), help="torch threads (default: all cores)")
     p.add_argument("--no-update", action="store_true", help="skip the meta-update and iteration timings")
     p.add_argument("--json", action="store_true", help="one JSON object per env and line instead of the table")
 

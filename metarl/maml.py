@@ -19,12 +19,14 @@ easier to read in the logs.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 from torch.distributions import Normal
 
 from metarl.episodes import Episodes
@@ -231,34 +233,22 @@ def _meta_problem(
     are summed over tasks (the caller divides by the number of tasks).
     """
     jacobian = AdaptationJacobian(policy, theta, batch.train, step_size, first_order)
-    fixed = jacobian.adapted
-    adapted = {name: p.detach().requires_grad_() for name, p in fixed.items()}
+    adapted = {name: p.requires_grad_() for name, p in jacobian.adapted.items()}
     leaves = list(adapted.values())
     valid = batch.valid
-    obs, _ = _flatten_steps(valid)
     with torch.enable_grad():
-        mean, std = policy.mean_std(obs, adapted)
+        mean, std = policy_outputs(policy, adapted, valid)
         log_prob = _log_prob(mean, std, valid)
         old = (mean.detach(), std.detach(), log_prob.detach())
         loss = surrogate_loss(log_prob, old[2], _advantages(valid), valid.mask).sum()
+        kl = masked_mean(gaussian_kl(old[0], old[1], mean, std).reshape(valid.rewards.shape), valid.mask).sum()
         loss_grad = torch.autograd.grad(loss, leaves, retain_graph=True)
-    # Each task's KL is a masked mean over its steps: step weights m_t / sum_t m_t.
-    mask = valid.mask.reshape(valid.num_tasks, -1, 1)
-    precision = mask / mask.sum(1, keepdim=True) / old[1].square()
-    names = list(adapted)
-
-    def fisher(tangents: list[Tensor]) -> list[Tensor]:
-        """``F w`` for the Gaussian policy, exactly: at equal parameters the KL's Hessian is
-        ``sum_t w_t J_mu^T diag(1/std^2) J_mu`` in the mean network's parameters and ``2 I`` in
-        ``log_std`` (no cross terms); ``J_mu w`` by forward mode, ``J_mu^T`` by one backward pass."""
-        with forward_ad.dual_level():
-            dual = {name: forward_ad.make_dual(fixed[name], t.contiguous()) for name, t in zip(names, tangents)}
-            mean_dot = forward_ad.unpack_dual(policy.mean_std(obs, dual)[0]).tangent
-        grads = torch.autograd.grad(mean, leaves, grad_outputs=mean_dot * precision, retain_graph=True, allow_unused=True)
-        return [2.0 * t if g is None else g for g, t in zip(grads, tangents)]
+        kl_grad = torch.autograd.grad(kl, leaves, create_graph=True)
 
     def product(vectors: list[Tensor]) -> list[Tensor]:
-        return jacobian.vjp(fisher(jacobian.jvp(vectors)))
+        tangent = jacobian.jvp(vectors)
+        fisher = torch.autograd.grad(sum((g * t).sum() for g, t in zip(kl_grad, tangent)), leaves, retain_graph=True)
+        return jacobian.vjp(list(fisher))
 
     return _MetaProblem(loss.detach(), valid.num_tasks, jacobian.vjp(list(loss_grad)), product, old)
 
@@ -274,67 +264,112 @@ def trpo_meta_step(
     line_search_steps: int = 15,
     backtrack_ratio: float = 0.8,
     per_task: bool = False,
+    workers: int = 1,
 ) -> TRPOStats:
     """One TRPO meta-update of ``policy``'s parameters in place (see the module docstring).
 
-    All tasks are computed together (parameters stacked per task). ``per_task=True`` computes the
+    All tasks are computed together (parameters stacked per task). ``workers > 1`` splits the tasks
+    into that many groups computed concurrently by CPU threads, each running torch single-threaded
+    (on 2 cores about 15% faster than one group on two torch threads). ``per_task=True`` computes the
     same update task by task, as the reference implementations do; it exists to measure the
-    difference and to test that both agree.
+    difference and to test that all three agree.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    num_tasks = batch.num_tasks
+    if per_task:
+        bounds = [(t, t + 1) for t in range(num_tasks)]
+    else:
+        edges = [round(i * num_tasks / workers) for i in range(min(workers, num_tasks) + 1)]
+        bounds = list(zip(edges[:-1], edges[1:]))
+    groups = [batch.task_slice(start, stop) for start, stop in bounds] if len(bounds) > 1 else [batch]
     theta = policy.parameters_dict()
     tensors = list(theta.values())
-    groups = [batch.task_slice(t, t + 1) for t in range(batch.num_tasks)] if per_task else [batch]
-    problems = [_meta_problem(policy, theta, group, inner_step_size, first_order) for group in groups]
-    num_tasks = batch.num_tasks
+    with _TaskThreads(policy, workers if len(groups) > 1 else 1) as pool:
+        problems = pool.map(lambda module, group: _meta_problem(module, theta, group, inner_step_size, first_order), groups)
 
-    def total(parts: list[list[Tensor]]) -> Tensor:
-        return flat([sum(p[i] for p in parts) for i in range(len(tensors))]) / num_tasks
+        def total(parts: list[list[Tensor]]) -> Tensor:
+            return flat([sum(p[i] for p in parts) for i in range(len(tensors))]) / num_tasks
 
-    def unflatten(vector: Tensor) -> list[Tensor]:
-        chunks = torch.split(vector, [p.numel() for p in tensors])
-        return [chunk.view_as(p) for chunk, p in zip(chunks, tensors)]
+        def unflatten(vector: Tensor) -> list[Tensor]:
+            chunks = torch.split(vector, [p.numel() for p in tensors])
+            return [chunk.view_as(p) for chunk, p in zip(chunks, tensors)]
 
-    def fisher_product(vector: Tensor) -> Tensor:
-        vectors = unflatten(vector)
-        return total([problem.product(vectors) for problem in problems]) + cg_damping * vector
+        def fisher_product(vector: Tensor) -> Tensor:
+            vectors = unflatten(vector)
+            return total(pool.map(lambda module, problem: problem.product(vectors), problems)) + cg_damping * vector
 
-    loss_before = float(sum(problem.loss for problem in problems)) / num_tasks
-    grad = total([problem.gradient for problem in problems])
-    direction, fisher_direction = conjugate_gradient(fisher_product, grad, iters=cg_iters)
-    curvature = 0.5 * (direction @ fisher_direction)
-    grad_norm = float(grad.norm().item())
-    if not torch.isfinite(curvature) or curvature <= 0:
-        return TRPOStats(loss_before, loss_before, 0.0, grad_norm, None)
-    full_step = direction / torch.sqrt(curvature / max_kl)
-    olds = [problem.old for problem in problems]
+        loss_before = float(sum(problem.loss for problem in problems)) / num_tasks
+        grad = total([problem.gradient for problem in problems])
+        direction, fisher_direction = conjugate_gradient(fisher_product, grad, iters=cg_iters)
+        curvature = 0.5 * (direction @ fisher_direction)
+        grad_norm = float(grad.norm().item())
+        if not torch.isfinite(curvature) or curvature <= 0:
+            return TRPOStats(loss_before, loss_before, 0.0, grad_norm, None)
+        full_step = direction / torch.sqrt(curvature / max_kl)
+        start = flat(tensors).detach().clone()
 
-    start = flat(tensors).detach().clone()
+        def set_flat(vector: Tensor) -> None:
+            with torch.no_grad():
+                offset = 0
+                for p in tensors:
+                    p.copy_(vector[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
 
-    def set_flat(vector: Tensor) -> None:
-        with torch.no_grad():
-            offset = 0
-            for p in tensors:
-                p.copy_(vector[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+        def objective(module: GaussianMLPPolicy, index: int) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                # The value of the adapted parameters does not depend on the order; first-order skips the graph.
+                return _meta_objective(module, theta, groups[index], inner_step_size, True, problems[index].old)
 
-    def evaluate(fraction: float) -> tuple[float, float]:
-        set_flat(start - fraction * full_step)
-        with torch.no_grad():
-            candidate = policy.parameters_dict()
-            # The value of the adapted parameters does not depend on the order; first-order skips the graph.
-            values = [
-                _meta_objective(policy, candidate, group, inner_step_size, True, old) for group, old in zip(groups, olds)
-            ]
-        return (
-            sum(float(loss) * g.num_tasks for (loss, _), g in zip(values, groups)) / num_tasks,
-            sum(float(kl) * g.num_tasks for (_, kl), g in zip(values, groups)) / num_tasks,
+        def evaluate(fraction: float) -> tuple[float, float]:
+            set_flat(start - fraction * full_step)  # theta's tensors are the policy's parameters
+            values = pool.map(objective, range(len(groups)))
+            return (
+                sum(float(loss) * g.num_tasks for (loss, _), g in zip(values, groups)) / num_tasks,
+                sum(float(kl) * g.num_tasks for (_, kl), g in zip(values, groups)) / num_tasks,
+            )
+
+        step, loss_after, kl_after = backtracking_line_search(
+            evaluate, loss_before, max_kl, max_steps=line_search_steps, backtrack_ratio=backtrack_ratio
         )
+        if step is None:  # reverted: report the parameters actually kept
+            set_flat(start)
+            loss_after, kl_after = loss_before, 0.0
+        return TRPOStats(loss_before, loss_after, kl_after, grad_norm, step)
 
-    step, loss_after, kl_after = backtracking_line_search(
-        evaluate, loss_before, max_kl, max_steps=line_search_steps, backtrack_ratio=backtrack_ratio
-    )
-    if step is None:  # reverted: report the parameters actually kept
-        set_flat(start)
-        loss_after, kl_after = loss_before, 0.0
-    return TRPOStats(loss_before, loss_after, kl_after, grad_norm, step)
+
+class _TaskThreads:
+    """Maps work over task groups, on ``workers`` threads with torch single-threaded, or inline.
+
+    ``functional_call`` swaps a module's parameters while it runs, so each thread gets its own copy
+    of the policy module (the parameters themselves are passed in, never read from the copy).
+    """
+
+    def __init__(self, policy: GaussianMLPPolicy, workers: int):
+        self.policy, self.workers = policy, workers
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _TaskThreads:
+        if self.workers > 1:
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            self._executor = ThreadPoolExecutor(self.workers)
+            self._modules = [copy.deepcopy(self.policy) for _ in range(self.workers)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            torch.set_num_threads(self._threads)
+
+    def map(self, fn: Callable[[GaussianMLPPolicy, Any], Any], items: Any) -> list[Any]:
+        items = list(items)
+        if self._executor is None:
+            return [fn(self.policy, item) for item in items]
+        # Item i always runs on module i % workers, and no two items share a module concurrently.
+        def run(worker: int) -> list[tuple[int, Any]]:
+            return [(i, fn(self._modules[worker], items[i])) for i in range(worker, len(items), self.workers)]
+
+        results = dict(pair for chunk in self._executor.map(run, range(self.workers)) for pair in chunk)
+        return [results[i] for i in range(len(items))]
 

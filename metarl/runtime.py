@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from envs.batched import cpu_cores
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy's global generator and torch (CPU and CUDA).
@@ -30,3 +32,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"run.device: {name!r} requested but CUDA is not available; use auto or cpu")
     return device
+
+
+def resolve_workers(workers: int, device: torch.device) -> int:
+    """``trpo.workers``: 0 means one per core on CPU and 1 on GPU (the GPU parallelises itself)."""
+    if workers:
+        return workers
+    return cpu_cores() if device.type == "cpu" else 1

@@ -19,7 +19,7 @@ from metarl.evaluate import evaluate, format_table, test_tasks
 from metarl.maml import MetaBatch, adapt, trpo_meta_step
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
-from metarl.runtime import resolve_device, seed_everything
+from metarl.runtime import resolve_device, resolve_workers, seed_everything
 from metarl.sampler import Sampler, check_task_env
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -84,8 +84,10 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         # Only the values are needed to sample after adaptation; the meta-update rebuilds the graph.
         params = detach_params(adapt(policy, params, episodes, maml.inner_lr, first_order=True))
         adapt_time += time.perf_counter() - adapt_start
+    valid_start = time.perf_counter()
     valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task)
     valid.compute_advantages(*advantage_args)
+    valid_time = time.perf_counter() - valid_start
     sample_time = time.perf_counter() - start - adapt_time
 
     update_start = time.perf_counter()
@@ -100,6 +102,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         cg_damping=trpo.cg_damping,
         line_search_steps=trpo.line_search_steps,
         backtrack_ratio=trpo.backtrack_ratio,
+        workers=resolve_workers(trpo.workers, parts.device),
     )
     update_time = time.perf_counter() - update_start
     return {
@@ -114,6 +117,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         "step_accepted": stats.accepted,
         "env_steps": sum(e.num_steps for e in train_episodes) + valid.num_steps,
         "time_sampling": sample_time,
+        "time_sampling_valid": valid_time,
         "time_adapt": adapt_time,
         "time_update": update_time,
     }

@@ -123,17 +123,21 @@ def test_structured_kl_hessian_product_equals_double_backprop_through_the_adapta
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_per_task_trpo_step_equals_batched_step(first_order):
-    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+def test_per_task_and_threaded_trpo_steps_equal_the_batched_step(first_order):
+    batch = MetaBatch([synthetic_episodes(num_tasks=5, horizon=6, seed=1)], synthetic_episodes(num_tasks=5, horizon=6, seed=2))
     results = []
-    for per_task in (False, True):
+    for per_task, workers in ((False, 1), (True, 1), (False, 2), (True, 3)):
         policy = tiny_policy()
-        stats = trpo_meta_step(policy, batch, INNER_LR, first_order=first_order, max_kl=1e-3, per_task=per_task)
+        threads = torch.get_num_threads()
+        stats = trpo_meta_step(policy, batch, INNER_LR, first_order, max_kl=1e-3, per_task=per_task, workers=workers)
+        assert torch.get_num_threads() == threads  # restored after a threaded step
         results.append((stats, flat(list(policy.parameters_dict().values())).detach()))
-    (batched, theta_batched), (looped, theta_looped) = results
-    assert batched.accepted and batched.line_search_step == looped.line_search_step
-    assert batched.loss_after == pytest.approx(looped.loss_after, rel=1e-9, abs=1e-12)
-    assert torch.allclose(theta_batched, theta_looped, atol=1e-10)
+    (batched, theta_batched), *others = results
+    assert batched.accepted
+    for stats, theta in others:
+        assert stats.line_search_step == batched.line_search_step
+        assert stats.loss_after == pytest.approx(batched.loss_after, rel=1e-9, abs=1e-12)
+        assert torch.allclose(theta, theta_batched, atol=1e-10)
 
 
 def _post_adaptation_kl(policy, theta_old, theta_new, batch):

@@ -14,7 +14,7 @@ from metarl.cli import main
 from metarl.train import CHECKPOINT, build, read_metrics
 
 NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
-TIMING_KEYS = {"time_sampling", "time_adapt", "time_update", "wall_time"}
+TIMING_KEYS = {"time_sampling", "time_sampling_valid", "time_adapt", "time_update", "wall_time"}
 
 
 def test_smoke_run_writes_the_run_directory(tmp_path, tiny_run_args):
@@ -25,7 +25,7 @@ def test_smoke_run_writes_the_run_directory(tmp_path, tiny_run_args):
     metrics = read_metrics(run_dir)
     assert [m["iteration"] for m in metrics] == [0, 1]
     expected = {"pre_return", "post_return", "kl", "loss_before", "loss_after", "line_search_step", "step_accepted",
-                "env_steps", "total_env_steps", "time_sampling", "time_update"}
+                "env_steps", "total_env_steps", "time_sampling", "time_sampling_valid", "time_update"}
     assert expected <= set(metrics[0])
     assert metrics[1]["total_env_steps"] == metrics[0]["env_steps"] + metrics[1]["env_steps"]
     result = json.loads((run_dir / "eval.json").read_text())

@@ -1,0 +1,39 @@
+"""`metarl bench` on a tiny batch: every figure present, positive, and consistent with its ratios."""
+
+import json
+
+import pytest
+
+from metarl.cli import main
+
+KEYS = (
+    "env", "limit_steps_per_s", "sampler_steps_per_s", "sync_vector_steps_per_s", "async_vector_steps_per_s",
+    "meta_update_s", "meta_update_per_task_s", "iteration_s",
+)
+
+
+def test_bench_json_reports_every_figure(capsys):
+    args = ["bench", "--envs", "HalfCheetahVel", "Navigation2D", "--tasks", "2", "--episodes", "2",
+            "--horizon", "5", "--repeats", "1", "--async-envs", "2", "--json"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["env"] for r in rows] == ["HalfCheetahVel", "Navigation2D"]
+    cheetah, navigation = rows
+    for row in rows:
+        assert set(KEYS) <= set(row)
+        for key in KEYS[2:]:
+            assert row[key] > 0, key
+        assert row["sampler_vs_sync"] == pytest.approx(row["sampler_steps_per_s"] / row["sync_vector_steps_per_s"])
+    assert cheetah["limit_steps_per_s"] > 0 and cheetah["config"] == "2 tasks x 2 episodes x 5 steps"
+    assert navigation["limit_steps_per_s"] is None and navigation["sampler_vs_limit"] is None
+
+
+def test_bench_table_and_bad_options(capsys):
+    assert main(["bench", "--envs", "Navigation2D", "--tasks", "2", "--episodes", "2", "--horizon", "5",
+                 "--repeats", "1", "--async-envs", "0", "--no-update"]) == 0
+    out = capsys.readouterr().out
+    assert "Navigation2D" in out and "steps/s" in out
+    assert main(["bench", "--envs", "Navigation2D", "--horizon", "0"]) == 2
+    assert "--horizon must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--envs", "Pong"])
