@@ -45,12 +45,15 @@ class BatchedTaskSim(ABC):
         """Start a new episode in every environment; returns observations ``[N, obs_dim]``."""
 
     @abstractmethod
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, actions: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Apply ``actions`` ``[N, act_dim]`` (in the env's own action units).
 
+        Args:
+            active: optional ``[N]`` bool; environments marked False (finished episodes) may be
+                left where they are, to save their simulation.
         Returns:
             observations ``[N, obs_dim]``, rewards ``[N]`` and ``terminated`` ``[N]`` (bool).
-            Environments already terminated keep being stepped; their values are meaningless.
+            The values of inactive or terminated environments are meaningless.
         """
 
     def close(self) -> None:

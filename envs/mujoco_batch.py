@@ -116,23 +116,19 @@ class MujocoBatchSim(BatchedTaskSim):
         contact = np.zeros((self.num_envs, self.env.model.nbody, 6)) if self._is_ant else None
         return self._to_torch(self._observation(self._state[:, self._qpos], self._state[:, self._qvel], contact))
 
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, actions: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         action = actions.detach().to("cpu", torch.float64).numpy()
         if action.shape != (self.num_envs, self.nu):
             raise ValueError(f"actions must be shaped {(self.num_envs, self.nu)}, got {tuple(action.shape)}")
+        envs = None if active is None or bool(active.all()) else np.flatnonzero(active.cpu().numpy())
         before_x = self._state[:, self._qpos][:, 0].copy()
         if self._rollout_steps > 0:
-            self._control[:] = action[:, None, :]
-            self._pool.rollout(
-                self._models, self._datas, self._state, self._control, control_spec=_CTRL, skip_checks=True,
-                nstep=self._rollout_steps, state=self._out, sensordata=self._sensors,
-            )
-            self._state[:] = self._out[:, -1]
+            self._rollout(action, envs)
         contact = None
         if self._is_ant:
             # The last substep per environment, as gymnasium does it: xpos and cfrc_ext come from its
             # forward passes (Ant integrates with RK4, so not from any state the rollout returns).
-            xy_after, contact = self._last_substep(action)
+            xy_after, contact = self._last_substep(action, envs)
             x_velocity = (xy_after[:, 0] - self._xy[:, 0]) / self.dt
             self._xy = xy_after
         qpos, qvel = self._state[:, self._qpos], self._state[:, self._qvel]
@@ -141,6 +137,27 @@ class MujocoBatchSim(BatchedTaskSim):
         reward, terminated = self._reward(x_velocity, qpos, qvel, action, contact)
         obs = self._observation(qpos, qvel, contact)
         return self._to_torch(obs), torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated, device=self.device)
+
+    def _rollout(self, action: np.ndarray, envs: np.ndarray | None) -> None:
+        """``_rollout_steps`` substeps of the environments ``envs`` (all when None) in one rollout call."""
+        if envs is None:
+            models, state, control, out, sensors = self._models, self._state, self._control, self._out, self._sensors
+        else:
+            models = [self._models[i] for i in envs]
+            state = self._state[envs]
+            control, out, sensors = self._control[: len(envs)], self._out[: len(envs)], self._sensors[: len(envs)]
+            action = action[envs]
+        if not models:
+            return
+        control[:] = action[:, None, :]
+        self._pool.rollout(
+            models, self._datas, state, control, control_spec=_CTRL, skip_checks=True,
+            nstep=self._rollout_steps, state=out, sensordata=sensors,
+        )
+        if envs is None:
+            self._state[:] = out[:, -1]
+        else:
+            self._state[envs] = out[:, -1]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -152,16 +169,18 @@ class MujocoBatchSim(BatchedTaskSim):
 
     # --- the v5 formulas, vectorised ---------------------------------------------------------
 
-    def _last_substep(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Step every environment's last substep in Python (threads over environments); updates the
-        states and returns the torso's ``xpos[:2]`` ``[N, 2]`` and ``cfrc_ext`` ``[N, nbody, 6]``."""
-        xy = np.zeros((self.num_envs, 2))
+    def _last_substep(self, action: np.ndarray, envs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Step the last substep of the environments ``envs`` (all when None) in Python, on threads;
+        updates their states and returns the torso's ``xpos[:2]`` ``[N, 2]`` and ``cfrc_ext``
+        ``[N, nbody, 6]`` (zeros for environments not stepped)."""
+        xy = self._xy.copy()
         contact = np.zeros((self.num_envs, self.env.model.nbody, 6))
         body = self.env.model.body(self.env._main_body).id
+        indices = np.arange(self.num_envs) if envs is None else envs
 
         def run(index: int) -> None:
             data = self._datas[index]
-            for i in range(index, self.num_envs, len(self._datas)):
+            for i in indices[index :: len(self._datas)]:
                 model = self._models[i]
                 mujoco.mj_setState(model, data, self._state[i], _FULL)
                 data.ctrl[:] = action[i]

@@ -209,8 +209,8 @@ class Navigation2DTorchSim(BatchedTaskSim):
         self._positions = torch.zeros_like(self._goals)
         return self._positions.float()
 
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        actions = actions.to(device=self.device, dtype=torch.float64)
+    def step(self, actions: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        actions = actions.to(device=self.device, dtype=torch.float64)  # stepping all N costs less than selecting
         self._positions = self._positions + actions.clamp(-self.max_action, self.max_action)
         offset = self._positions - self._goals
         reward = -offset.square().sum(-1).sqrt()

@@ -3,17 +3,21 @@
 For each env, at a reference config (the literature's batch size and policy), it measures:
 
 - ``limit_steps_per_s``: raw open-loop ``mujoco.rollout`` over the same batch and threads (random
-  controls, no policy, no rewards): the ceiling for MuJoCo envs. Null for envs without MuJoCo.
+  controls drawn like the untrained policy's, no policy, no rewards, no early termination): the
+  ceiling for MuJoCo envs. Null for envs without MuJoCo.
 - ``sampler_steps_per_s``: metarl's sampler as training uses it (batched simulator, policy forward
   every step, episodes stored); ``sampler_vs_limit`` is the ratio to the ceiling.
 - ``sync_vector_steps_per_s`` / ``async_vector_steps_per_s``: the same sampler forced onto gymnasium's
   SyncVectorEnv and AsyncVectorEnv. Async runs one process per sub-env, so it is measured on a small
   batch (``--async-envs``); its figure is a rate, comparable all the same.
-- ``meta_update_s`` / ``meta_update_per_task_s``: one MAML-TRPO meta-update on a sampled batch, all
-  tasks together vs task by task (the same update; see ``metarl.maml.trpo_meta_step``).
+- ``meta_update_s``: one MAML-TRPO meta-update on a sampled batch as training runs it (tasks stacked
+  in cache-sized groups); ``meta_update_one_group_s`` with all tasks stacked in one group, and
+  ``meta_update_per_task_s`` task by task, as the reference implementations compute it. All three
+  are the same update (see ``metarl.maml.trpo_meta_step``).
 - ``iteration_s``: one whole meta-iteration (sampling before and after adaptation, then the update).
 
-Rates count valid (unmasked) env steps. Every figure is the best of ``--repeats`` runs, after one
+Rates count valid env steps (those of episodes still running); the sampler does not simulate
+finished episodes. Every figure is the best of ``--repeats`` runs, after one
 warm-up where the measurement allows it.
 """
 
@@ -37,7 +41,6 @@ from envs.batched import cpu_cores
 from envs.mujoco_batch import MujocoBatchSim
 from metarl.maml import MetaBatch, adapt, trpo_meta_step
 from metarl.policy import detach_params, expand_params
-from metarl.runtime import resolve_workers
 from metarl.train import build, make_sampler, meta_iteration
 
 
@@ -103,7 +106,11 @@ def rollout_limit(config: cfg.Config, repeats: int) -> float | None:
     sim.reset(seed=0)
     state = sim._state.copy()
     nstep = config.sampler.horizon * sim.frame_skip
-    controls = np.random.default_rng(0).uniform(-1, 1, size=(num_envs, nstep, sim.nu))
+    # Controls as the sampler's initial policy draws them (std 1 in [-1, 1] units; MuJoCo clamps),
+    # held for frame_skip substeps: the physics' cost depends on how hard the bodies are driven.
+    low, high = sim.env.model.actuator_ctrlrange.T
+    noise = np.random.default_rng(0).standard_normal((num_envs, config.sampler.horizon, 1, sim.nu))
+    controls = np.repeat((high + low) / 2 + (high - low) / 2 * noise, sim.frame_skip, axis=2).reshape(num_envs, nstep, sim.nu)
     out = np.empty((num_envs, nstep, sim.nstate))
     sensors = np.empty((num_envs, nstep, sim.env.model.nsensordata))
     datas = [mujoco.MjData(sim.env.model) for _ in range(sim.nthread)]
@@ -134,8 +141,8 @@ def sampler_rate(config: cfg.Config, vectorization: str, repeats: int, tasks: in
     return steps / seconds
 
 
-def meta_update_times(config: cfg.Config, repeats: int) -> tuple[float, float, float]:
-    """(batched update s, per-task update s, whole iteration s), each from the same starting policy."""
+def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float]:
+    """Seconds of the meta-update (default groups, one group, task by task) and of a whole iteration."""
     parts = build(config)
     maml = config.maml
     args = (maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages)
@@ -149,21 +156,21 @@ def meta_update_times(config: cfg.Config, repeats: int) -> tuple[float, float, f
     batch = MetaBatch([train], valid)
     start_state = copy.deepcopy(parts.policy.state_dict())
 
-    def update(per_task: bool) -> Callable[[], Any]:
+    def update(tasks_per_group: int | None) -> Callable[[], Any]:
         def run() -> Any:
             parts.policy.load_state_dict(start_state)
-            workers = resolve_workers(config.trpo.workers, parts.device)
-            return trpo_meta_step(
-                parts.policy, batch, maml.inner_lr, max_kl=config.trpo.max_kl, per_task=per_task, workers=workers
-            )
+            return trpo_meta_step(parts.policy, batch, maml.inner_lr, max_kl=config.trpo.max_kl, tasks_per_group=tasks_per_group)
         return run
 
-    batched, _ = best_of(repeats, update(False))
-    per_task, _ = best_of(max(1, repeats - 1), update(True))
+    times = {
+        "meta_update_s": best_of(repeats, update(config.trpo.tasks_per_group or None))[0],
+        "meta_update_one_group_s": best_of(repeats, update(len(tasks)))[0],
+        "meta_update_per_task_s": best_of(repeats, update(1))[0],
+    }
     parts.policy.load_state_dict(start_state)
-    iteration, _ = best_of(repeats, lambda: meta_iteration(config, parts))
+    times["iteration_s"] = best_of(repeats, lambda: meta_iteration(config, parts))[0]
     parts.sampler.close()
-    return batched, per_task, iteration
+    return times
 
 
 def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -188,10 +195,9 @@ def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
     row["sampler_vs_limit"] = row["sampler_steps_per_s"] / limit if limit else None
     row["sampler_vs_sync"] = row["sampler_steps_per_s"] / row["sync_vector_steps_per_s"]
     if not args.no_update:
-        batched, per_task, iteration = meta_update_times(config, args.repeats)
-        row.update(meta_update_s=batched, meta_update_per_task_s=per_task, iteration_s=iteration)
+        row.update(meta_update_times(config, args.repeats))
     else:
-        row.update(meta_update_s=None, meta_update_per_task_s=None, iteration_s=None)
+        row.update(meta_update_s=None, meta_update_one_group_s=None, meta_update_per_task_s=None, iteration_s=None)
     return row
 
 
@@ -202,15 +208,16 @@ def _fmt(value: Any, spec: str) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = (
         f"{'env':<17} {'limit':>9} {'sampler':>9} {'/limit':>7} {'sync':>9} {'async':>8} {'/sync':>6}"
-        f" {'update':>7} {'per-task':>9} {'iter':>7}"
+        f" {'update':>7} {'1 group':>8} {'per-task':>9} {'iter':>7}"
     )
-    lines = [header, f"{'':<17} {'steps/s':>9} {'steps/s':>9} {'':>7} {'steps/s':>9} {'steps/s':>8} {'':>6} {'s':>7} {'s':>9} {'s':>7}"]
+    lines = [header, f"{'':<17} {'steps/s':>9} {'steps/s':>9} {'':>7} {'steps/s':>9} {'steps/s':>8} {'':>6} {'s':>7} {'s':>8} {'s':>9} {'s':>7}"]
     for r in rows:
         lines.append(
             f"{r['env']:<17} {_fmt(r['limit_steps_per_s'], ',.0f'):>9} {_fmt(r['sampler_steps_per_s'], ',.0f'):>9}"
             f" {_fmt(r['sampler_vs_limit'], '.0%'):>7} {_fmt(r['sync_vector_steps_per_s'], ',.0f'):>9}"
             f" {_fmt(r['async_vector_steps_per_s'], ',.0f'):>8} {_fmt(r['sampler_vs_sync'], '.1f'):>5}x"
-            f" {_fmt(r['meta_update_s'], '.2f'):>7} {_fmt(r['meta_update_per_task_s'], '.2f'):>9} {_fmt(r['iteration_s'], '.2f'):>7}"
+            f" {_fmt(r['meta_update_s'], '.2f'):>7} {_fmt(r['meta_update_one_group_s'], '.2f'):>8}"
+            f" {_fmt(r['meta_update_per_task_s'], '.2f'):>9} {_fmt(r['iteration_s'], '.2f'):>7}"
         )
     lines.append("")
     lines += [f"{r['env']}: {r['config']} ({r['source']}), {r['threads']} threads" for r in rows]

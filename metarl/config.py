@@ -87,9 +87,9 @@ class TRPOConfig:
     """Backtracking line-search candidates before the step is reverted."""
     backtrack_ratio: float = 0.8
     """Step shrink factor between line-search candidates."""
-    workers: int = 0
-    """CPU threads the meta-update splits the tasks over, each running torch single-threaded;
-    0: one per core on CPU, 1 on GPU. The update is the same for any value."""
+    tasks_per_group: int = 0
+    """Tasks stacked together in the meta-update's batched computation; 0 picks groups of about
+    8192 steps (cache-sized). The update is the same for any value, only the speed differs."""
 
 
 @dataclass
@@ -146,7 +146,7 @@ POSITIVE = {
     "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "eval.num_tasks", "eval.episodes_per_task",
     "run.iterations", "run.checkpoint_every", "maml.baseline_ridge",
 }
-NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.workers"}
+NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
 SEEDS = {"run.seed", "eval.seed"}
 

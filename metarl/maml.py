@@ -19,11 +19,8 @@ easier to read in the logs.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -253,6 +250,17 @@ def _meta_problem(
     return _MetaProblem(loss.detach(), valid.num_tasks, jacobian.vjp(list(loss_grad)), product, old)
 
 
+#: Default group size of the meta-update, in sampled steps: tasks are stacked in groups of about this
+#: many steps, small enough for the activations to stay in cache (see :func:`trpo_meta_step`).
+GROUP_STEPS = 8192
+
+
+def default_tasks_per_group(batch: MetaBatch) -> int:
+    """Tasks per group so that a group holds about :data:`GROUP_STEPS` steps of one episode batch."""
+    steps_per_task = batch.valid.rewards[0].numel()
+    return max(1, min(batch.num_tasks, round(GROUP_STEPS / steps_per_task)))
+
+
 def trpo_meta_step(
     policy: GaussianMLPPolicy,
     batch: MetaBatch,
@@ -263,113 +271,72 @@ def trpo_meta_step(
     cg_damping: float = 1e-5,
     line_search_steps: int = 15,
     backtrack_ratio: float = 0.8,
-    per_task: bool = False,
-    workers: int = 1,
+    tasks_per_group: int | None = None,
 ) -> TRPOStats:
     """One TRPO meta-update of ``policy``'s parameters in place (see the module docstring).
 
-    All tasks are computed together (parameters stacked per task). ``workers > 1`` splits the tasks
-    into that many groups computed concurrently by CPU threads, each running torch single-threaded
-    (on 2 cores about 15% faster than one group on two torch threads). ``per_task=True`` computes the
-    same update task by task, as the reference implementations do; it exists to measure the
-    difference and to test that all three agree.
+    Tasks are computed in groups of ``tasks_per_group`` (parameters stacked per task, one batched
+    matmul per layer for the whole group), and the groups' gradients and curvature products are
+    summed. The update is the same for any grouping (tested); only the speed differs. ``None``
+    picks groups of about :data:`GROUP_STEPS` steps: on a 2-core CPU, HalfCheetah's 40 x 2000 steps
+    update in about 2.0 s in groups of 4 tasks against 2.9 s in one group of 40 (whose activations
+    no longer fit in cache) and 2.4 s task by task (as the reference implementations compute it).
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     num_tasks = batch.num_tasks
-    if per_task:
-        bounds = [(t, t + 1) for t in range(num_tasks)]
-    else:
-        edges = [round(i * num_tasks / workers) for i in range(min(workers, num_tasks) + 1)]
-        bounds = list(zip(edges[:-1], edges[1:]))
+    size = tasks_per_group or default_tasks_per_group(batch)
+    if size < 1:
+        raise ValueError(f"tasks_per_group must be >= 1, got {size}")
+    bounds = [(t, min(t + size, num_tasks)) for t in range(0, num_tasks, size)]
     groups = [batch.task_slice(start, stop) for start, stop in bounds] if len(bounds) > 1 else [batch]
     theta = policy.parameters_dict()
     tensors = list(theta.values())
-    with _TaskThreads(policy, workers if len(groups) > 1 else 1) as pool:
-        problems = pool.map(lambda module, group: _meta_problem(module, theta, group, inner_step_size, first_order), groups)
+    problems = [_meta_problem(policy, theta, group, inner_step_size, first_order) for group in groups]
 
-        def total(parts: list[list[Tensor]]) -> Tensor:
-            return flat([sum(p[i] for p in parts) for i in range(len(tensors))]) / num_tasks
+    def total(parts: list[list[Tensor]]) -> Tensor:
+        return flat([sum(p[i] for p in parts) for i in range(len(tensors))]) / num_tasks
 
-        def unflatten(vector: Tensor) -> list[Tensor]:
-            chunks = torch.split(vector, [p.numel() for p in tensors])
-            return [chunk.view_as(p) for chunk, p in zip(chunks, tensors)]
+    def unflatten(vector: Tensor) -> list[Tensor]:
+        chunks = torch.split(vector, [p.numel() for p in tensors])
+        return [chunk.view_as(p) for chunk, p in zip(chunks, tensors)]
 
-        def fisher_product(vector: Tensor) -> Tensor:
-            vectors = unflatten(vector)
-            return total(pool.map(lambda module, problem: problem.product(vectors), problems)) + cg_damping * vector
+    def fisher_product(vector: Tensor) -> Tensor:
+        vectors = unflatten(vector)
+        return total([problem.product(vectors) for problem in problems]) + cg_damping * vector
 
-        loss_before = float(sum(problem.loss for problem in problems)) / num_tasks
-        grad = total([problem.gradient for problem in problems])
-        direction, fisher_direction = conjugate_gradient(fisher_product, grad, iters=cg_iters)
-        curvature = 0.5 * (direction @ fisher_direction)
-        grad_norm = float(grad.norm().item())
-        if not torch.isfinite(curvature) or curvature <= 0:
-            return TRPOStats(loss_before, loss_before, 0.0, grad_norm, None)
-        full_step = direction / torch.sqrt(curvature / max_kl)
-        start = flat(tensors).detach().clone()
+    loss_before = float(sum(problem.loss for problem in problems)) / num_tasks
+    grad = total([problem.gradient for problem in problems])
+    direction, fisher_direction = conjugate_gradient(fisher_product, grad, iters=cg_iters)
+    curvature = 0.5 * (direction @ fisher_direction)
+    grad_norm = float(grad.norm().item())
+    if not torch.isfinite(curvature) or curvature <= 0:
+        return TRPOStats(loss_before, loss_before, 0.0, grad_norm, None)
+    full_step = direction / torch.sqrt(curvature / max_kl)
+    start = flat(tensors).detach().clone()
 
-        def set_flat(vector: Tensor) -> None:
-            with torch.no_grad():
-                offset = 0
-                for p in tensors:
-                    p.copy_(vector[offset : offset + p.numel()].view_as(p))
-                    offset += p.numel()
+    def set_flat(vector: Tensor) -> None:
+        with torch.no_grad():
+            offset = 0
+            for p in tensors:
+                p.copy_(vector[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
 
-        def objective(module: GaussianMLPPolicy, index: int) -> tuple[Tensor, Tensor]:
-            with torch.no_grad():
-                # The value of the adapted parameters does not depend on the order; first-order skips the graph.
-                return _meta_objective(module, theta, groups[index], inner_step_size, True, problems[index].old)
-
-        def evaluate(fraction: float) -> tuple[float, float]:
-            set_flat(start - fraction * full_step)  # theta's tensors are the policy's parameters
-            values = pool.map(objective, range(len(groups)))
-            return (
-                sum(float(loss) * g.num_tasks for (loss, _), g in zip(values, groups)) / num_tasks,
-                sum(float(kl) * g.num_tasks for (_, kl), g in zip(values, groups)) / num_tasks,
-            )
-
-        step, loss_after, kl_after = backtracking_line_search(
-            evaluate, loss_before, max_kl, max_steps=line_search_steps, backtrack_ratio=backtrack_ratio
+    def evaluate(fraction: float) -> tuple[float, float]:
+        set_flat(start - fraction * full_step)  # theta's tensors are the policy's parameters
+        with torch.no_grad():
+            # The value of the adapted parameters does not depend on the order; first-order skips the graph.
+            values = [
+                _meta_objective(policy, theta, group, inner_step_size, True, problem.old)
+                for group, problem in zip(groups, problems)
+            ]
+        return (
+            sum(float(loss) * g.num_tasks for (loss, _), g in zip(values, groups)) / num_tasks,
+            sum(float(kl) * g.num_tasks for (_, kl), g in zip(values, groups)) / num_tasks,
         )
-        if step is None:  # reverted: report the parameters actually kept
-            set_flat(start)
-            loss_after, kl_after = loss_before, 0.0
-        return TRPOStats(loss_before, loss_after, kl_after, grad_norm, step)
 
-
-class _TaskThreads:
-    """Maps work over task groups, on ``workers`` threads with torch single-threaded, or inline.
-
-    ``functional_call`` swaps a module's parameters while it runs, so each thread gets its own copy
-    of the policy module (the parameters themselves are passed in, never read from the copy).
-    """
-
-    def __init__(self, policy: GaussianMLPPolicy, workers: int):
-        self.policy, self.workers = policy, workers
-        self._executor: ThreadPoolExecutor | None = None
-
-    def __enter__(self) -> _TaskThreads:
-        if self.workers > 1:
-            self._threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            self._executor = ThreadPoolExecutor(self.workers)
-            self._modules = [copy.deepcopy(self.policy) for _ in range(self.workers)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown()
-            torch.set_num_threads(self._threads)
-
-    def map(self, fn: Callable[[GaussianMLPPolicy, Any], Any], items: Any) -> list[Any]:
-        items = list(items)
-        if self._executor is None:
-            return [fn(self.policy, item) for item in items]
-        # Item i always runs on module i % workers, and no two items share a module concurrently.
-        def run(worker: int) -> list[tuple[int, Any]]:
-            return [(i, fn(self._modules[worker], items[i])) for i in range(worker, len(items), self.workers)]
-
-        results = dict(pair for chunk in self._executor.map(run, range(self.workers)) for pair in chunk)
-        return [results[i] for i in range(len(items))]
-
+    step, loss_after, kl_after = backtracking_line_search(
+        evaluate, loss_before, max_kl, max_steps=line_search_steps, backtrack_ratio=backtrack_ratio
+    )
+    if step is None:  # reverted: report the parameters actually kept
+        set_flat(start)
+        loss_after, kl_after = loss_before, 0.0
+    return TRPOStats(loss_before, loss_after, kl_after, grad_norm, step)

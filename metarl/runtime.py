@@ -7,8 +7,6 @@ import random
 import numpy as np
 import torch
 
-from envs.batched import cpu_cores
-
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy's global generator and torch (CPU and CUDA).
@@ -33,9 +31,3 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"run.device: {name!r} requested but CUDA is not available; use auto or cpu")
     return device
 
-
-def resolve_workers(workers: int, device: torch.device) -> int:
-    """``trpo.workers``: 0 means one per core on CPU and 1 on GPU (the GPU parallelises itself)."""
-    if workers:
-        return workers
-    return cpu_cores() if device.type == "cpu" else 1

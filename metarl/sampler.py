@@ -243,7 +243,7 @@ class Sampler:
             mask[:, :, t] = alive.reshape(num_tasks, num_episodes)
             env_action = center + scale * action.reshape(num_envs, -1)
             if self.batched:
-                obs, reward, terminated = sim.step(env_action)
+                obs, reward, terminated = sim.step(env_action, alive)
             else:
                 obs, reward, terminated, truncated, _ = envs.step(env_action.cpu().numpy().astype(self.action_space.dtype))
                 reward, terminated = torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated | truncated, device=self.device)

@@ -19,7 +19,7 @@ from metarl.evaluate import evaluate, format_table, test_tasks
 from metarl.maml import MetaBatch, adapt, trpo_meta_step
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
-from metarl.runtime import resolve_device, resolve_workers, seed_everything
+from metarl.runtime import resolve_device, seed_everything
 from metarl.sampler import Sampler, check_task_env
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -102,7 +102,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         cg_damping=trpo.cg_damping,
         line_search_steps=trpo.line_search_steps,
         backtrack_ratio=trpo.backtrack_ratio,
-        workers=resolve_workers(trpo.workers, parts.device),
+        tasks_per_group=trpo.tasks_per_group or None,
     )
     update_time = time.perf_counter() - update_start
     return {

@@ -128,3 +128,21 @@ def test_navigation_torch_sim_matches_the_numpy_dynamics():
         assert np.allclose(obs.numpy(), position.astype(np.float32))
         assert np.allclose(reward.numpy(), expected_reward, atol=1e-12)
         assert np.array_equal(terminated.numpy(), expected_terminated)
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HopperRandParams-v0", "metarl/AntVel-v0"])
+def test_inactive_environments_are_not_simulated(env_id):
+    env = gym.make(env_id).unwrapped
+    tasks = env.sample_tasks(4)
+    full, partial = env.make_batched(4, seed=0), env.make_batched(4, seed=0)
+    for sim in (full, partial):
+        sim.set_tasks(tasks)
+        sim.reset()
+    action = torch.as_tensor(np.random.default_rng(1).uniform(-1, 1, size=(4, env.action_space.shape[0])))
+    active = torch.tensor([True, False, True, False])
+    frozen = partial._state.copy()
+    obs_full, reward_full, _ = full.step(action)
+    obs_partial, reward_partial, _ = partial.step(action, active)
+    assert np.array_equal(partial._state[[1, 3]], frozen[[1, 3]])
+    assert torch.allclose(obs_partial[[0, 2]], obs_full[[0, 2]], rtol=1e-9, atol=1e-9)
+    assert torch.allclose(reward_partial[[0, 2]], reward_full[[0, 2]], rtol=1e-9, atol=1e-9)

@@ -8,7 +8,7 @@ from metarl.cli import main
 
 KEYS = (
     "env", "limit_steps_per_s", "sampler_steps_per_s", "sync_vector_steps_per_s", "async_vector_steps_per_s",
-    "meta_update_s", "meta_update_per_task_s", "iteration_s",
+    "meta_update_s", "meta_update_one_group_s", "meta_update_per_task_s", "iteration_s",
 )
 
 

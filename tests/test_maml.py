@@ -123,14 +123,13 @@ def test_structured_kl_hessian_product_equals_double_backprop_through_the_adapta
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_per_task_and_threaded_trpo_steps_equal_the_batched_step(first_order):
+def test_trpo_step_is_the_same_for_any_grouping_of_the_tasks(first_order):
+    # One stacked group of 5, task by task, and uneven groups of 2 (2 + 2 + 1).
     batch = MetaBatch([synthetic_episodes(num_tasks=5, horizon=6, seed=1)], synthetic_episodes(num_tasks=5, horizon=6, seed=2))
     results = []
-    for per_task, workers in ((False, 1), (True, 1), (False, 2), (True, 3)):
+    for size in (5, 1, 2):
         policy = tiny_policy()
-        threads = torch.get_num_threads()
-        stats = trpo_meta_step(policy, batch, INNER_LR, first_order, max_kl=1e-3, per_task=per_task, workers=workers)
-        assert torch.get_num_threads() == threads  # restored after a threaded step
+        stats = trpo_meta_step(policy, batch, INNER_LR, first_order, max_kl=1e-3, tasks_per_group=size)
         results.append((stats, flat(list(policy.parameters_dict().values())).detach()))
     (batched, theta_batched), *others = results
     assert batched.accepted
@@ -138,6 +137,15 @@ def test_per_task_and_threaded_trpo_steps_equal_the_batched_step(first_order):
         assert stats.line_search_step == batched.line_search_step
         assert stats.loss_after == pytest.approx(batched.loss_after, rel=1e-9, abs=1e-12)
         assert torch.allclose(theta, theta_batched, atol=1e-10)
+
+
+def test_default_groups_hold_about_8k_steps():
+    def batch(num_tasks, episodes, horizon):
+        return MetaBatch([], synthetic_episodes(num_tasks=num_tasks, num_episodes=episodes, horizon=horizon))
+
+    assert maml.default_tasks_per_group(batch(40, 20, 100)) == 4
+    assert maml.default_tasks_per_group(batch(3, 2, 5)) == 3  # never more than the batch
+    assert maml.default_tasks_per_group(batch(4, 200, 100)) == 1
 
 
 def _post_adaptation_kl(policy, theta_old, theta_new, batch):
