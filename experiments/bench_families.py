@@ -1,6 +1,7 @@
-"""Seconds per meta-iteration of every task family at its shipped config (generic sampler path).
+"""Seconds per meta-iteration of every task family at its shipped config.
 
-    python experiments/bench_families.py [--iterations 2] [--configs halfcheetah_vel ant_goal ...] [--json]
+    python experiments/bench_families.py [--iterations 2] [--configs halfcheetah_vel ant_goal ...]
+                                         [--vectorization auto|sync] [--json]
 
 Runs each experiments/<family>.yaml for a few meta-iterations (no evaluation) in a temporary run
 directory and prints, per family, the batch (tasks x episodes x horizon), seconds per iteration and
@@ -17,6 +18,7 @@ from pathlib import Path
 import gymnasium as gym
 
 from metarl import config as cfg
+from metarl.sampler import VECTORIZATION_MODES
 from metarl.train import read_metrics, train
 
 EXPERIMENTS = Path(__file__).resolve().parent
@@ -24,9 +26,10 @@ FAMILIES = ["halfcheetah_vel", "halfcheetah_dir", "ant_vel", "ant_dir", "ant_goa
             "hopper_rand_params", "walker2d_rand_params", "halfcheetah_rand_params", "navigation2d"]
 
 
-def bench(name: str, iterations: int, out: Path) -> dict:
+def bench(name: str, iterations: int, out: Path, vectorization: str = "auto") -> dict:
     config = cfg.load(EXPERIMENTS / f"{name}.yaml",
-                      [f"run.iterations={iterations}", "eval.at_end=false", f"run.output_dir={out}", f"run.name={name}"])
+                      [f"run.iterations={iterations}", "eval.at_end=false", f"run.output_dir={out}", f"run.name={name}",
+                       f"sampler.vectorization={vectorization}"])
     metrics = read_metrics(train(config, quiet=True))
     mean = lambda key: sum(m[key] for m in metrics) / len(metrics)  # noqa: E731
     horizon = config.sampler.horizon or gym.spec(config.env.id).max_episode_steps
@@ -39,6 +42,7 @@ def bench(name: str, iterations: int, out: Path) -> dict:
         "meta_update_s": mean("time_update"),
         "sampler_steps_per_s": mean("env_steps") / mean("time_sampling"),
         "iterations": iterations,
+        "vectorization": vectorization,
     }
 
 
@@ -46,13 +50,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=2, help="meta-iterations per family (default 2)")
     parser.add_argument("--configs", nargs="+", default=FAMILIES, choices=FAMILIES, help="families to run")
+    parser.add_argument("--vectorization", default="auto", choices=VECTORIZATION_MODES,
+                        help="sampler path (default auto: the env's batched simulator when it has one)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.json:
             print(f"{'env':<34}{'batch':>13}{'s/iter':>9}{'sample':>9}{'adapt':>8}{'update':>9}{'steps/s':>10}")
         for name in args.configs:
-            row = bench(name, args.iterations, Path(tmp))
+            row = bench(name, args.iterations, Path(tmp), args.vectorization)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:

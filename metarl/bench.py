@@ -2,9 +2,9 @@
 
 For each env, at a reference config (the literature's batch size and policy), it measures:
 
-- ``limit_steps_per_s``: raw open-loop ``mujoco.rollout`` over the same batch and threads (random
-  controls drawn like the untrained policy's, no policy, no rewards, no early termination): the
-  ceiling for MuJoCo envs. Null for envs without MuJoCo.
+- ``limit_steps_per_s``: raw open-loop ``mujoco.rollout`` over the same batch and threads,
+  replaying the actions the sampler's policy took (no policy, no rewards, no early termination):
+  the ceiling for MuJoCo envs. Null for envs without MuJoCo.
 - ``sampler_steps_per_s``: metarl's sampler as training uses it (batched simulator, policy forward
   every step, episodes stored); ``sampler_vs_limit`` is the ratio to the ceiling.
 - ``sync_vector_steps_per_s`` / ``async_vector_steps_per_s``: the same sampler forced onto gymnasium's
@@ -91,26 +91,30 @@ def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def rollout_limit(config: cfg.Config, repeats: int) -> float | None:
-    """Env steps per second of open-loop ``mujoco.rollout`` over the batch (None without MuJoCo)."""
-    sampler = make_sampler(config, torch.device("cpu"), 0)
+    """Env steps per second of open-loop ``mujoco.rollout`` over the batch (None without MuJoCo).
+
+    The controls are the actions the sampler's (untrained) policy took in one sample of the same
+    batch, replayed from freshly reset states: the physics' cost depends on how the bodies are
+    driven, so the ceiling is measured on the same workload.
+    """
+    config = copy.deepcopy(config)
+    config.sampler.vectorization = "auto"
+    parts = build(config)
     num_envs = config.maml.meta_batch_size * config.sampler.episodes_per_task
-    if not sampler.batched:
-        sampler.close()
-        return None
-    sim = sampler._batched_sim(num_envs)
+    sampler = parts.sampler
+    sim = sampler._batched_sim(num_envs) if sampler.batched else None
     if not isinstance(sim, MujocoBatchSim):
         sampler.close()
         return None
-    tasks = sampler._factory.unwrapped.sample_tasks(config.maml.meta_batch_size)
-    sim.set_tasks([t for t in tasks for _ in range(config.sampler.episodes_per_task)])
+    tasks = parts.task_env.unwrapped.sample_tasks(config.maml.meta_batch_size)
+    episodes = sampler.sample(parts.policy, None, tasks, config.sampler.episodes_per_task)
+    horizon = episodes.rewards.shape[-1]
+    actions = episodes.actions.reshape(num_envs, horizon, 1, sim.nu).double().numpy()
+    env_actions = sampler._action_center + sampler._action_scale * actions  # MuJoCo clamps to ctrlrange
+    nstep = horizon * sim.frame_skip
+    controls = np.ascontiguousarray(np.repeat(env_actions, sim.frame_skip, axis=2).reshape(num_envs, nstep, sim.nu))
     sim.reset(seed=0)
     state = sim._state.copy()
-    nstep = config.sampler.horizon * sim.frame_skip
-    # Controls as the sampler's initial policy draws them (std 1 in [-1, 1] units; MuJoCo clamps),
-    # held for frame_skip substeps: the physics' cost depends on how hard the bodies are driven.
-    low, high = sim.env.model.actuator_ctrlrange.T
-    noise = np.random.default_rng(0).standard_normal((num_envs, config.sampler.horizon, 1, sim.nu))
-    controls = np.repeat((high + low) / 2 + (high - low) / 2 * noise, sim.frame_skip, axis=2).reshape(num_envs, nstep, sim.nu)
     out = np.empty((num_envs, nstep, sim.nstate))
     sensors = np.empty((num_envs, nstep, sim.env.model.nsensordata))
     datas = [mujoco.MjData(sim.env.model) for _ in range(sim.nthread)]
@@ -120,7 +124,7 @@ def rollout_limit(config: cfg.Config, repeats: int) -> float | None:
             control_spec=mujoco.mjtState.mjSTATE_CTRL.value,
         ))
     sampler.close()
-    return num_envs * config.sampler.horizon / seconds
+    return num_envs * horizon / seconds
 
 
 def sampler_rate(config: cfg.Config, vectorization: str, repeats: int, tasks: int | None = None, episodes: int | None = None) -> float:

@@ -230,14 +230,17 @@ class Sampler:
         rewards = torch.zeros(shape, device=self.device)
         mask = torch.zeros(shape, device=self.device)
         alive = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        all_alive = True
         center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
         scale = torch.as_tensor(self._action_scale, dtype=torch.float32, device=self.device)
+        noise = torch.randn((horizon, num_tasks, num_episodes, self.act_dim), generator=self._noise, device=self.device)
         for t in range(horizon):
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            # Whatever a finished sub-env returns is ignored, and must not turn into NaNs in the losses.
-            obs_t = torch.where(alive[:, None], obs_t, 0.0).reshape(num_tasks, num_episodes, -1)
+            if not all_alive:  # what a finished sub-env returns is ignored, and must not become NaNs in the losses
+                obs_t = torch.where(alive[:, None], obs_t, 0.0)
+            obs_t = obs_t.reshape(num_tasks, num_episodes, -1)
             mean, std = policy.mean_std(obs_t, params)
-            action = mean + std * torch.randn(mean.shape, generator=self._noise, device=self.device)
+            action = mean + std * noise[t]
             observations[:, :, t] = obs_t
             actions[:, :, t] = action
             mask[:, :, t] = alive.reshape(num_tasks, num_episodes)
@@ -248,10 +251,13 @@ class Sampler:
                 obs, reward, terminated, truncated, _ = envs.step(env_action.cpu().numpy().astype(self.action_space.dtype))
                 reward, terminated = torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated | truncated, device=self.device)
             reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
-            rewards[:, :, t] = torch.where(alive, reward, 0.0).reshape(num_tasks, num_episodes)
-            alive &= ~terminated.to(self.device)
-            if not alive.any():
-                break
+            rewards[:, :, t] = (reward if all_alive else torch.where(alive, reward, 0.0)).reshape(num_tasks, num_episodes)
+            terminated = terminated.to(self.device)
+            if terminated.any():
+                alive &= ~terminated
+                all_alive = False
+                if not alive.any():
+                    break
         return Episodes(observations, actions, rewards, mask, list(tasks))
 
     def close(self) -> None:
