@@ -17,7 +17,7 @@ from typing import Any, Union
 import yaml
 
 from metarl.policy import NONLINEARITIES
-from metarl.sampler import VECTORIZATION_MODES
+from metarl.sampler import SAMPLE_BUDGETS, VECTORIZATION_MODES
 
 
 class ConfigError(ValueError):
@@ -53,6 +53,9 @@ class SamplerConfig:
     vector_entry_point, sync or async (gymnasium's AsyncVectorEnv: one process per sub-env)."""
     rescale_actions: bool = True
     """Policy acts in [-1, 1], mapped onto the env's action bounds (as in the MAML paper's rllab setup)."""
+    budget: str = "episodes"
+    """episodes: episodes_per_task episodes per task; steps: whole episodes until each task has
+    episodes_per_task * horizon steps (rllab's batches in the MAML authors' code)."""
 
 
 @dataclass
@@ -104,6 +107,8 @@ class EvalConfig:
     """Step size of each adaptation step; the last one repeats."""
     episodes_per_task: int = 40
     """Episodes per task and step."""
+    budget: str = "episodes"
+    """episodes or steps, as sampler.budget (the authors' test script used steps: 40 x 100)."""
     at_end: bool = True
     """Run the evaluation when training finishes."""
 
@@ -139,6 +144,8 @@ class Config:
 CHOICES = {
     "policy.nonlinearity": tuple(NONLINEARITIES),
     "sampler.vectorization": VECTORIZATION_MODES,
+    "sampler.budget": SAMPLE_BUDGETS,
+    "eval.budget": SAMPLE_BUDGETS,
 }
 POSITIVE = {
     "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",

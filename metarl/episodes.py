@@ -61,12 +61,24 @@ class Episodes:
         )
 
     def episode_returns(self) -> Tensor:
-        """Undiscounted return of every episode, ``[T, E]``."""
+        """Undiscounted return of every episode, ``[T, E]`` (zero for an episode with no valid step)."""
         return (self.rewards * self.mask).sum(-1)
+
+    @property
+    def episode_mask(self) -> Tensor:
+        """``[T, E]`` 1.0 for the episodes in the batch; 0.0 for slots left empty (no valid step),
+        which a step budget leaves when a task needed fewer episodes than others."""
+        return self.mask[..., 0]
+
+    def task_mean_returns(self) -> Tensor:
+        """Average undiscounted return of each task's episodes, ``[T]``."""
+        kept = self.episode_mask
+        return (self.episode_returns() * kept).sum(1) / kept.sum(1).clamp(min=1.0)
 
     def mean_return(self) -> float:
         """Average undiscounted episode return over all tasks and episodes."""
-        return float(self.episode_returns().mean().item())
+        kept = self.episode_mask
+        return float(((self.episode_returns() * kept).sum() / kept.sum().clamp(min=1.0)).item())
 
     def compute_advantages(self, gamma: float, gae_lambda: float, ridge: float = 1e-5, normalize: bool = True) -> Tensor:
         """GAE advantages against a per-task linear feature baseline, normalised per task."""

@@ -39,6 +39,7 @@ def evaluate(
     gae_lambda: float = 1.0,
     baseline_ridge: float = 1e-5,
     normalize_advantages: bool = True,
+    budget: str = "episodes",
 ) -> dict[str, Any]:
     """Adapt ``policy`` to each task for ``num_steps`` VPG steps and record returns after each.
 
@@ -54,8 +55,8 @@ def evaluate(
     per_task: list[torch.Tensor] = []
     used_step_sizes = []
     for k in range(num_steps + 1):
-        episodes = sampler.sample(policy, params, tasks, episodes_per_task)
-        per_task.append(episodes.episode_returns().mean(dim=1).cpu().double())
+        episodes = sampler.sample(policy, params, tasks, episodes_per_task, budget)
+        per_task.append(episodes.task_mean_returns().cpu().double())
         if k == num_steps:
             break
         step_size = step_sizes[min(k, len(step_sizes) - 1)]
@@ -71,6 +72,7 @@ def evaluate(
         "stderr": stderrs,
         "step_sizes": used_step_sizes,
         "episodes_per_task": episodes_per_task,
+        "budget": budget,
         "per_task_returns": [r.tolist() for r in per_task],
         "tasks": [task_to_json(t) for t in tasks],
     }

@@ -20,6 +20,23 @@ from metarl.policy import GaussianMLPPolicy, Params
 #: (``TaskEnv.make_batched``), else its registered vector entry point, else gymnasium's SyncVectorEnv.
 #: "async" is gymnasium's AsyncVectorEnv: one process per sub-env, slow on few cores (for benchmarks).
 VECTORIZATION_MODES = ("auto", "batched", "vector_entry_point", "sync", "async")
+#: How many episodes a batch holds: a fixed number per task, or whole episodes up to a step budget.
+SAMPLE_BUDGETS = ("episodes", "steps")
+
+
+def _within_step_budget(rounds: list[Episodes], limit: int) -> Episodes:
+    """Concatenate rounds of episodes per task and keep, in order, the episodes that start before the
+    task's ``limit`` valid steps are reached; the others are masked out."""
+    cat = lambda name: torch.cat([getattr(r, name) for r in rounds], dim=1)  # noqa: E731
+    mask = cat("mask")
+    lengths = mask.sum(-1)
+    before = torch.cumsum(lengths, dim=1) - lengths
+    kept = (before < limit).to(mask.dtype)
+    width = int(kept.sum(1).max().item())  # kept episodes are a prefix per task: drop slots no task uses
+    return Episodes(
+        cat("observations")[:, :width], cat("actions")[:, :width], (cat("rewards") * kept[..., None])[:, :width],
+        (mask * kept[..., None])[:, :width], rounds[0].tasks,
+    )
 
 
 def has_batched_simulator(env: gym.Env) -> bool:
@@ -187,16 +204,38 @@ class Sampler:
         return self._vector_envs[num_envs]
 
     @torch.no_grad()
-    def sample(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
-        """Run ``episodes_per_task`` episodes on each task.
+    def sample(
+        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int, budget: str = "episodes"
+    ) -> Episodes:
+        """Run ``episodes_per_task`` episodes on each task, or as many as a step budget takes.
 
         Args:
             policy: the policy module (its parameters are not used unless ``params`` is them).
             params: shared parameters, or per-task parameters with a leading dim ``len(tasks)``.
             tasks: one task per row of the returned batch.
+            budget: "episodes": exactly ``episodes_per_task`` episodes per task. "steps": whole
+                episodes, in order, until each task has ``episodes_per_task * horizon`` steps (the
+                last episode may cross it), as rllab's samplers filled a batch for the MAML paper:
+                a task whose episodes end early gets more of them. Rounds of
+                ``episodes_per_task`` episodes are sampled until every task is full; the slots of
+                episodes past a task's budget are left empty (see ``Episodes.episode_mask``).
         Returns:
-            :class:`Episodes` shaped ``[len(tasks), episodes_per_task, horizon]``.
+            :class:`Episodes` shaped ``[len(tasks), E, horizon]``, ``E = episodes_per_task`` for the
+            episode budget and a multiple of it for the step budget.
         """
+        if budget not in SAMPLE_BUDGETS:
+            raise ValueError(f"budget must be one of {SAMPLE_BUDGETS}, got {budget!r}")
+        batch = self._sample_round(policy, params, tasks, episodes_per_task)
+        if budget == "episodes":
+            return batch
+        limit = episodes_per_task * self.horizon
+        rounds = [batch]
+        # Every episode has at least one step, so `horizon` rounds always fill the budget.
+        while len(rounds) < self.horizon and bool((sum(r.mask.sum((1, 2)) for r in rounds) < limit).any()):
+            rounds.append(self._sample_round(policy, params, tasks, episodes_per_task))
+        return _within_step_budget(rounds, limit)
+
+    def _sample_round(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
         num_envs = len(tasks) * episodes_per_task
         sim = self._batched_sim(num_envs) if self.batched else None
         if sim is not None and sim.uses_cpu_threads and self.device.type == "cpu":

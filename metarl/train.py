@@ -77,7 +77,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
     adapt_time = 0.0
     params = detach_params(expand_params(policy.parameters_dict(), len(tasks)))
     for _ in range(maml.inner_steps):
-        episodes = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task)
+        episodes = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task, config.sampler.budget)
         episodes.compute_advantages(*advantage_args)
         train_episodes.append(episodes)
         adapt_start = time.perf_counter()
@@ -85,7 +85,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         params = detach_params(adapt(policy, params, episodes, maml.inner_lr, first_order=True))
         adapt_time += time.perf_counter() - adapt_start
     valid_start = time.perf_counter()
-    valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task)
+    valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task, config.sampler.budget)
     valid.compute_advantages(*advantage_args)
     valid_time = time.perf_counter() - valid_start
     sample_time = time.perf_counter() - start - adapt_time
@@ -195,7 +195,7 @@ def run_evaluation(config: cfg.Config, parts: Components, run_dir: Path) -> dict
     start = time.perf_counter()
     result = evaluate(
         parts.policy, sampler, tasks, ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task,
-        maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages,
+        maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
     )
     sampler.close()
     result = {"env": config.env.id, "eval_seed": ev.seed, **result, "time_s": time.perf_counter() - start}

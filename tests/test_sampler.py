@@ -151,3 +151,25 @@ def test_env_without_a_settable_task_property_is_rejected():
         gym.register("tests/MethodsOnly-v0", entry_point=MethodsOnly, max_episode_steps=3)
     with pytest.raises(TaskEnvError, match="settable `task` property"):
         Sampler("tests/MethodsOnly-v0")
+
+
+def test_step_budget_fills_each_task_with_whole_episodes():
+    # Counter tasks end after `length` steps: short tasks need more episodes to reach the budget.
+    sampler, policy = make()
+    tasks = [LengthTask(2), LengthTask(5), LengthTask(9)]  # horizon 6: the last is cut at 6 steps
+    batch = sampler.sample(policy, None, tasks, episodes_per_task=2, budget="steps")  # 12 steps per task
+    kept = batch.episode_mask.sum(1)
+    assert kept.tolist() == [6.0, 3.0, 2.0]  # 6 x 2 = 12; 3 x 5 = 15 (the third crosses 12); 2 x 6 = 12
+    assert batch.mask.sum((1, 2)).tolist() == [12.0, 15.0, 12.0]
+    assert batch.observations.shape[1] == 6  # three rounds of 2; no slot beyond the longest prefix
+    # kept episodes come first, in order, and empty slots carry no reward
+    assert torch.all(batch.episode_mask[1, :3] == 1) and torch.all(batch.episode_mask[1, 3:] == 0)
+    assert torch.equal(batch.task_mean_returns(), torch.tensor([3.0, 15.0, 21.0]))
+    assert batch.mean_return() == pytest.approx((6 * 3 + 3 * 15 + 2 * 21) / 11)
+    assert sampler.sample(policy, None, tasks, episodes_per_task=2).observations.shape[1] == 2
+
+
+def test_unknown_budget_is_rejected():
+    sampler, policy = make()
+    with pytest.raises(ValueError, match="budget must be one of"):
+        sampler.sample(policy, None, [LengthTask(2)], 1, budget="minutes")
