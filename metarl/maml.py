@@ -9,7 +9,7 @@ One meta-iteration, for a batch of T tasks (all computed together, parameters st
    where ``ratio = pi_{theta_K(theta)}(a|s) / pi_old(a|s)``, differentiated through the adaptation
    (second order by default; first order treats each ``grad L_vpg`` as a constant).
 4. TRPO: natural-gradient direction by conjugate gradient on exact Hessian-vector products of the
-   mean post-adaptation KL, scaled to the KL bound, then a backtracking line search; the step is
+   mean post-adaptation KL (computed as ``J^T F J``, :func:`_meta_problem`), scaled to the KL bound, then a backtracking line search; the step is
    reverted when no candidate lowers the loss within the bound (:func:`trpo_meta_step`).
 
 The loss is the mean over tasks rather than the sum: the TRPO step is the same either way (the
@@ -212,7 +212,6 @@ class _MetaProblem:
     """The TRPO quantities of one group of tasks at the current ``theta``."""
 
     loss: Tensor
-    num_tasks: int
     gradient: list[Tensor]
     product: Callable[[list[Tensor]], list[Tensor]]
     old: tuple[Tensor, Tensor, Tensor]
@@ -247,7 +246,7 @@ def _meta_problem(
         fisher = torch.autograd.grad(sum((g * t).sum() for g, t in zip(kl_grad, tangent)), leaves, retain_graph=True)
         return jacobian.vjp(list(fisher))
 
-    return _MetaProblem(loss.detach(), valid.num_tasks, jacobian.vjp(list(loss_grad)), product, old)
+    return _MetaProblem(loss.detach(), jacobian.vjp(list(loss_grad)), product, old)
 
 
 #: Default group size of the meta-update, in sampled steps: tasks are stacked in groups of about this
@@ -278,9 +277,9 @@ def trpo_meta_step(
     Tasks are computed in groups of ``tasks_per_group`` (parameters stacked per task, one batched
     matmul per layer for the whole group), and the groups' gradients and curvature products are
     summed. The update is the same for any grouping (tested); only the speed differs. ``None``
-    picks groups of about :data:`GROUP_STEPS` steps: on a 2-core CPU, HalfCheetah's 40 x 2000 steps
-    update in about 2.0 s in groups of 4 tasks against 2.9 s in one group of 40 (whose activations
-    no longer fit in cache) and 2.4 s task by task (as the reference implementations compute it).
+    picks groups of about :data:`GROUP_STEPS` steps, whose activations stay in cache; ``metarl
+    bench`` compares it with one group of all tasks and with task by task (as the reference
+    implementations compute it).
     """
     num_tasks = batch.num_tasks
     size = tasks_per_group or default_tasks_per_group(batch)
