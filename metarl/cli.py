@@ -41,10 +41,24 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metarl.train import train
+    from metarl.train import TrainingInterrupted, resume, train
 
-    config = cfg.load(args.config, args.overrides)
-    run_dir = train(config, quiet=args.quiet)
+    overrides = list(args.overrides)
+    if args.resume:
+        if args.config is not None:  # `--resume RUN key=value`: argparse took the first override for CONFIG
+            if "=" not in args.config:
+                raise cfg.ConfigError(f"give either CONFIG or --resume RUN_DIR, not both (got {args.config!r})")
+            overrides.insert(0, args.config)
+    elif args.config is None:
+        raise cfg.ConfigError("give a CONFIG (e.g. experiments/navigation2d.yaml) or --resume RUN_DIR")
+    try:
+        if args.resume:
+            run_dir = resume(args.resume, overrides, quiet=args.quiet)
+        else:
+            run_dir = train(cfg.load(args.config, overrides), quiet=args.quiet)
+    except TrainingInterrupted as stopped:
+        print(f"metarl train: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     print(f"run directory: {run_dir}")
     return 0
 
@@ -63,10 +77,14 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="metarl", description="Model-agnostic meta-reinforcement learning.")
     sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="meta-train a policy", description="Meta-train with MAML-TRPO and evaluate at the end.")
-    p.add_argument("config", help="YAML experiment config, e.g. experiments/navigation2d.yaml")
+    p = sub.add_parser("train", help="meta-train a policy (or resume a run)",
+                       description="Meta-train with MAML-TRPO and evaluate at the end. Ctrl-C or SIGTERM finish the "
+                       "current meta-iteration, write a checkpoint and print how to resume (exit code 128 + signal).")
+    p.add_argument("config", nargs="?", help="YAML experiment config, e.g. experiments/navigation2d.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override any config field, e.g. run.iterations=10 maml.inner_lr=0.5")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from checkpoints/last.pt (overrides: run.iterations, run.checkpoint_every, eval.*)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages (for logs)")
     p.set_defaults(func=cmd_train)
 

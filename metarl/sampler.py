@@ -169,6 +169,14 @@ class Sampler:
     def act_dim(self) -> int:
         return self.action_space.shape[0]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's random state (reset seeds and action noise), for exact resumption."""
+        return {"reset_seeds": self._reset_seeds.bit_generator.state, "noise": self._noise.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._reset_seeds.bit_generator.state = state["reset_seeds"]
+        self._noise.set_state(state["noise"].to(torch.uint8).cpu())
+
     @property
     def mode(self) -> str:
         """The path actually used: "batched", "vector_entry_point", "sync" or "async"."""

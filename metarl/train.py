@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,15 +17,31 @@ import torch
 from tqdm import tqdm
 
 from metarl import config as cfg
-from metarl.checkpoint import load_checkpoint, save_checkpoint
+from metarl.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from metarl.evaluate import evaluate, format_table, test_tasks
 from metarl.maml import MetaBatch, adapt, trpo_meta_step
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
-from metarl.runtime import resolve_device, seed_everything
+from metarl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 from metarl.sampler import Sampler, check_task_env
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
+#: What ``metarl train --resume RUN_DIR key=value`` may change: more iterations, checkpoint cadence,
+#: the evaluation at the end. Everything else would no longer be the run that was started.
+RESUME_OVERRIDES = ("run.iterations", "run.checkpoint_every", "eval.")
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint at ``iteration``."""
+
+    def __init__(self, run_dir: Path, iteration: int, signum: int):
+        self.run_dir, self.iteration, self.signum = run_dir, iteration, signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: stopped after {iteration} meta-iterations, checkpoint written to {run_dir / CHECKPOINT}; "
+            f"resume with: metarl train --resume {run_dir}"
+        )
 
 
 @dataclass
@@ -131,12 +150,27 @@ def make_run_dir(config: cfg.Config) -> Path:
     return run_dir
 
 
-def checkpoint_state(config: cfg.Config, parts: Components, iteration: int) -> dict[str, Any]:
+def checkpoint_state(config: cfg.Config, parts: Components, iteration: int, best_post_return: float) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly: the policy, the iteration counter, the
+    best post-adaptation return so far and every random state (global, sampler, task sampler).
+    TRPO keeps no optimiser state and the linear baseline is refitted on every batch."""
     return {
         "iteration": iteration,
         "policy": parts.policy.state_dict(),
         "config": cfg.to_dict(config),
+        "best_post_return": best_post_return,
+        "rng": rng_state(),
+        "sampler": parts.sampler.state_dict(),
+        "task_sampler": parts.task_env.unwrapped.np_random.bit_generator.state,
     }
+
+
+def restore_state(parts: Components, state: dict[str, Any]) -> None:
+    """Load what :func:`checkpoint_state` saved into freshly built components."""
+    parts.policy.load_state_dict(state["policy"])
+    set_rng_state(state["rng"])
+    parts.sampler.load_state_dict(state["sampler"])
+    parts.task_env.unwrapped.np_random.bit_generator.state = state["task_sampler"]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -150,35 +184,101 @@ def train(config: cfg.Config, quiet: bool = False) -> Path:
     """Meta-train as configured; returns the run directory.
 
     The directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per meta-iteration),
-    ``checkpoints/last.pt``, ``training.png`` and, after the evaluation, ``eval.json`` and ``eval.png``.
+    ``checkpoints/last.pt`` and ``checkpoints/best.pt``, ``training.png`` and, after the evaluation,
+    ``eval.json`` and ``eval.png``. SIGINT or SIGTERM finish the current meta-iteration, write a
+    checkpoint and raise :class:`TrainingInterrupted`; a second signal abandons the iteration.
     """
     run_dir = make_run_dir(config)
     parts = build(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.dump(config, run_dir / "config.yaml")
-    say = (lambda *a: None) if quiet else (lambda text: tqdm.write(text))
-    say(f"run directory: {run_dir}  (device {parts.device})")
+    return _train_loop(config, parts, run_dir, 0, -math.inf, [], quiet)
 
-    total_steps, start = 0, time.perf_counter()
-    bar = tqdm(range(config.run.iterations), desc="meta-training", unit="it", disable=quiet, dynamic_ncols=True)
-    with open(run_dir / "metrics.jsonl", "a") as metrics_file:
-        for iteration in bar:
-            metrics = meta_iteration(config, parts)
-            total_steps += metrics["env_steps"]
-            metrics = {"iteration": iteration, **metrics, "total_env_steps": total_steps,
-                       "wall_time": time.perf_counter() - start}
-            metrics_file.write(json.dumps(metrics) + "\n")
-            metrics_file.flush()
-            steps_per_s = metrics["env_steps"] / (metrics["time_sampling"] + metrics["time_adapt"] + metrics["time_update"])
-            bar.set_postfix(pre=f"{metrics['pre_return']:.1f}", post=f"{metrics['post_return']:.1f}",
-                            kl=f"{metrics['kl']:.4f}", steps_per_s=f"{steps_per_s:.0f}", refresh=False)
-            done = iteration + 1
-            if done % config.run.checkpoint_every == 0 or done == config.run.iterations:
-                save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done))
-    bar.close()
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> Path:
+    """Continue a run from ``RUN_DIR/checkpoints/last.pt``; on CPU the metrics are the same as an
+    uninterrupted run's. ``overrides`` may only touch :data:`RESUME_OVERRIDES` (e.g. more
+    ``run.iterations``). Metrics written after the checkpoint are dropped and recomputed."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    for text in overrides or []:
+        key = text.partition("=")[0]
+        if not key.startswith(RESUME_OVERRIDES):
+            raise cfg.ConfigError(f"{key}: a resumed run only accepts run.iterations, run.checkpoint_every and eval.* overrides")
+    config = cfg.load(config_path, overrides)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    start = int(state["iteration"])
+    if start >= config.run.iterations:
+        raise cfg.ConfigError(
+            f"run.iterations: {run_dir} already has {start} of {config.run.iterations} meta-iterations; "
+            f"pass run.iterations=N with N > {start} to train further"
+        )
+    parts = build(config)
+    restore_state(parts, state)
+    previous = [m for m in read_metrics(run_dir) if m["iteration"] < start]
+    atomic_write_bytes(run_dir / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in previous).encode()))
+    cfg.dump(config, config_path)
+    return _train_loop(config, parts, run_dir, start, float(state["best_post_return"]), previous, quiet)
+
+
+def _train_loop(
+    config: cfg.Config,
+    parts: Components,
+    run_dir: Path,
+    start: int,
+    best_post_return: float,
+    previous: list[dict[str, Any]],
+    quiet: bool,
+) -> Path:
+    say = (lambda *a: None) if quiet else (lambda text: tqdm.write(text))
+    say(f"run directory: {run_dir}  (device {parts.device})" + (f", resumed at meta-iteration {start}" if start else ""))
+    total_steps = previous[-1]["total_env_steps"] if previous else 0
+    clock = time.perf_counter() - (previous[-1]["wall_time"] if previous else 0.0)
+    stop: dict[str, int | None] = {"signum": None}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop["signum"] is not None:
+            raise KeyboardInterrupt  # a second signal: abandon the iteration (the last checkpoint stays)
+        stop["signum"] = signum
+        say(f"{signal.Signals(signum).name}: finishing this meta-iteration, then writing a checkpoint "
+            "(send it again to stop at once)")
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(range(start, config.run.iterations), desc="meta-training", unit="it", disable=quiet,
+               dynamic_ncols=True, initial=start, total=config.run.iterations)
+    try:
+        with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+            for iteration in bar:
+                metrics = meta_iteration(config, parts)
+                total_steps += metrics["env_steps"]
+                metrics = {"iteration": iteration, **metrics, "total_env_steps": total_steps,
+                           "wall_time": time.perf_counter() - clock}
+                metrics_file.write(json.dumps(metrics) + "\n")
+                metrics_file.flush()
+                steps_per_s = metrics["env_steps"] / (metrics["time_sampling"] + metrics["time_adapt"] + metrics["time_update"])
+                bar.set_postfix(pre=f"{metrics['pre_return']:.1f}", post=f"{metrics['post_return']:.1f}",
+                                kl=f"{metrics['kl']:.4f}", steps_per_s=f"{steps_per_s:.0f}", refresh=False)
+                done = iteration + 1
+                if metrics["post_return"] > best_post_return:
+                    best_post_return = metrics["post_return"]
+                    save_checkpoint(run_dir / BEST_CHECKPOINT, checkpoint_state(config, parts, done, best_post_return))
+                if done % config.run.checkpoint_every == 0 or done == config.run.iterations or stop["signum"]:
+                    save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done, best_post_return))
+                if stop["signum"]:
+                    plot_training(read_metrics(run_dir), run_dir / "training.png", title=config.env.id)
+                    parts.sampler.close()
+                    raise TrainingInterrupted(run_dir, done, stop["signum"])
+    finally:
+        bar.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     metrics = read_metrics(run_dir)
     plot_training(metrics, run_dir / "training.png", title=config.env.id)
-    say(f"trained {config.run.iterations} meta-iterations in {time.perf_counter() - start:.0f} s")
+    say(f"trained {config.run.iterations} meta-iterations in {metrics[-1]['wall_time']:.0f} s")
     if config.eval.at_end:
         result = run_evaluation(config, parts, run_dir)
         say(format_table(result))

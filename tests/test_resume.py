@@ -1,0 +1,108 @@
+"""Resumable and interruptible runs: exact resumption, signals, best checkpoint, crash-safe saves."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import metarl.checkpoint as checkpoint
+from metarl.checkpoint import load_checkpoint, save_checkpoint
+from metarl.cli import main
+from metarl.train import BEST_CHECKPOINT, CHECKPOINT, read_metrics
+
+NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
+TIMING_KEYS = {"time_sampling", "time_sampling_valid", "time_adapt", "time_update", "wall_time"}
+
+
+def strip(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+
+def with_iterations(args, n):
+    return [a for a in args if not a.startswith("run.iterations=")] + [f"run.iterations={n}"]
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_run_args):
+    args = [*tiny_run_args, "eval.at_end=false"]
+    assert main(["train", NAV, *with_iterations(args, 4), "run.name=whole", "--quiet"]) == 0
+    assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["iteration"] == 2
+    assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0
+    whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
+    assert [m["iteration"] for m in parts] == [0, 1, 2, 3]
+    assert strip(parts) == strip(whole)
+    final = [load_checkpoint(tmp_path / name / CHECKPOINT)["policy"] for name in ("whole", "parts")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path, tiny_run_args):
+    args = [*with_iterations(tiny_run_args, 3), "run.checkpoint_every=2", "eval.at_end=false"]
+    assert main(["train", NAV, *args, "run.name=r", "--quiet"]) == 0
+    run = tmp_path / "r"
+    state = load_checkpoint(run / CHECKPOINT)
+    save_checkpoint(run / CHECKPOINT, {**state, "iteration": 2})  # as if stopped after the checkpoint at 2
+    assert main(["train", "--resume", str(run), "run.iterations=4", "--quiet"]) == 0
+    assert [m["iteration"] for m in read_metrics(run)] == [0, 1, 2, 3]
+
+
+def test_resume_rejects_changes_to_the_run_and_finished_runs(tmp_path, tiny_run_args, capsys):
+    assert main(["train", NAV, *tiny_run_args, "eval.at_end=false", "run.name=r", "--quiet"]) == 0
+    run = str(tmp_path / "r")
+    assert main(["train", "--resume", run, "maml.inner_lr=0.5"]) == 2
+    assert "only accepts run.iterations" in capsys.readouterr().err
+    assert main(["train", "--resume", run]) == 2
+    assert "already has 2 of 2 meta-iterations" in capsys.readouterr().err
+    assert main(["train", NAV, "--resume", run]) == 2
+    assert main(["train"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_best_checkpoint_holds_the_best_post_adaptation_return(tmp_path, tiny_run_args):
+    assert main(["train", NAV, *with_iterations(tiny_run_args, 4), "eval.at_end=false", "run.name=b", "--quiet"]) == 0
+    metrics = read_metrics(tmp_path / "b")
+    best = max(metrics, key=lambda m: m["post_return"])
+    state = load_checkpoint(tmp_path / "b" / BEST_CHECKPOINT)
+    assert state["best_post_return"] == best["post_return"]
+    assert state["iteration"] == best["iteration"] + 1
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
+
+    def crashing_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(3)})
+    assert load_checkpoint(path)["iteration"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_run_args, signum):
+    args = [*with_iterations(tiny_run_args, 500), "run.checkpoint_every=1000", "eval.at_end=false", "run.name=s"]
+    proc = subprocess.Popen([sys.executable, "-m", "metarl.cli", "train", NAV, *args, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    metrics = tmp_path / "s" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert f"resume with: metarl train --resume {tmp_path / 's'}" in err
+    done = len(read_metrics(tmp_path / "s"))
+    assert 2 <= done < 500
+    assert load_checkpoint(tmp_path / "s" / CHECKPOINT)["iteration"] == done
+    assert (tmp_path / "s" / "training.png").is_file()
+    assert main(["train", "--resume", str(tmp_path / "s"), f"run.iterations={done + 1}", "--quiet"]) == 0
+    assert len(read_metrics(tmp_path / "s")) == done + 1
