@@ -129,6 +129,30 @@ class RunConfig:
     """Write checkpoints/last.pt every this many iterations (and at the end)."""
 
 
+TRACKING_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = False
+    """Log the run to Weights & Biases as well (local files are always written)."""
+    mode: str = "offline"
+    """offline (no account or network; upload later with `wandb sync RUN_DIR/wandb/offline-run-*`),
+    online (needs `wandb login` or WANDB_API_KEY; never prompts) or disabled."""
+    project: str = "metarl"
+    """wandb project."""
+    entity: str | None = None
+    """wandb entity (user or team); null: the account's default."""
+    group: str | None = None
+    """wandb group, e.g. one per sweep of seeds."""
+    name: str | None = None
+    """wandb run name; null: the run directory's name."""
+    tags: list[str] = field(default_factory=list)
+    """wandb tags."""
+    log_checkpoints: bool = True
+    """Upload checkpoints/last.pt and best.pt as a model artifact at the end of the run."""
+
+
 @dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -138,6 +162,7 @@ class Config:
     trpo: TRPOConfig = field(default_factory=TRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # Choices and ranges checked after the types.
@@ -146,6 +171,7 @@ CHOICES = {
     "sampler.vectorization": VECTORIZATION_MODES,
     "sampler.budget": SAMPLE_BUDGETS,
     "eval.budget": SAMPLE_BUDGETS,
+    "tracking.mode": TRACKING_MODES,
 }
 POSITIVE = {
     "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",

@@ -24,6 +24,7 @@ from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
 from metarl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 from metarl.sampler import Sampler, check_task_env
+from metarl.tracking import Tracker
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
@@ -150,7 +151,9 @@ def make_run_dir(config: cfg.Config) -> Path:
     return run_dir
 
 
-def checkpoint_state(config: cfg.Config, parts: Components, iteration: int, best_post_return: float) -> dict[str, Any]:
+def checkpoint_state(
+    config: cfg.Config, parts: Components, iteration: int, best_post_return: float, tracking_id: str | None = None
+) -> dict[str, Any]:
     """Everything a resumed run needs to continue exactly: the policy, the iteration counter, the
     best post-adaptation return so far and every random state (global, sampler, task sampler).
     TRPO keeps no optimiser state and the linear baseline is refitted on every batch."""
@@ -162,6 +165,7 @@ def checkpoint_state(config: cfg.Config, parts: Components, iteration: int, best
         "rng": rng_state(),
         "sampler": parts.sampler.state_dict(),
         "task_sampler": parts.task_env.unwrapped.np_random.bit_generator.state,
+        "tracking_id": tracking_id,
     }
 
 
@@ -192,7 +196,7 @@ def train(config: cfg.Config, quiet: bool = False) -> Path:
     parts = build(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.dump(config, run_dir / "config.yaml")
-    return _train_loop(config, parts, run_dir, 0, -math.inf, [], quiet)
+    return _train_loop(config, parts, run_dir, 0, -math.inf, [], quiet, Tracker(config, run_dir))
 
 
 def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> Path:
@@ -220,7 +224,8 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     previous = [m for m in read_metrics(run_dir) if m["iteration"] < start]
     atomic_write_bytes(run_dir / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in previous).encode()))
     cfg.dump(config, config_path)
-    return _train_loop(config, parts, run_dir, start, float(state["best_post_return"]), previous, quiet)
+    tracker = Tracker(config, run_dir, resume_id=state.get("tracking_id"))
+    return _train_loop(config, parts, run_dir, start, float(state["best_post_return"]), previous, quiet, tracker)
 
 
 def _train_loop(
@@ -231,6 +236,7 @@ def _train_loop(
     best_post_return: float,
     previous: list[dict[str, Any]],
     quiet: bool,
+    tracker: Tracker,
 ) -> Path:
     say = (lambda *a: None) if quiet else (lambda text: tqdm.write(text))
     say(f"run directory: {run_dir}  (device {parts.device})" + (f", resumed at meta-iteration {start}" if start else ""))
@@ -259,29 +265,40 @@ def _train_loop(
                            "wall_time": time.perf_counter() - clock}
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
+                tracker.log_iteration(metrics)
                 steps_per_s = metrics["env_steps"] / (metrics["time_sampling"] + metrics["time_adapt"] + metrics["time_update"])
                 bar.set_postfix(pre=f"{metrics['pre_return']:.1f}", post=f"{metrics['post_return']:.1f}",
                                 kl=f"{metrics['kl']:.4f}", steps_per_s=f"{steps_per_s:.0f}", refresh=False)
                 done = iteration + 1
                 if metrics["post_return"] > best_post_return:
                     best_post_return = metrics["post_return"]
-                    save_checkpoint(run_dir / BEST_CHECKPOINT, checkpoint_state(config, parts, done, best_post_return))
+                    save_checkpoint(run_dir / BEST_CHECKPOINT, checkpoint_state(config, parts, done, best_post_return, tracker.run_id))
                 if done % config.run.checkpoint_every == 0 or done == config.run.iterations or stop["signum"]:
-                    save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done, best_post_return))
+                    save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done, best_post_return, tracker.run_id))
                 if stop["signum"]:
                     plot_training(read_metrics(run_dir), run_dir / "training.png", title=config.env.id)
                     parts.sampler.close()
                     raise TrainingInterrupted(run_dir, done, stop["signum"])
+        metrics = read_metrics(run_dir)
+        plot_training(metrics, run_dir / "training.png", title=config.env.id)
+        say(f"trained {config.run.iterations} meta-iterations in {metrics[-1]['wall_time']:.0f} s")
+        if config.eval.at_end:
+            result = run_evaluation(config, parts, run_dir)
+            tracker.log_evaluation(result, run_dir / "eval.png")
+            say(format_table(result))
+        if config.tracking.log_checkpoints:
+            tracker.log_checkpoints({"latest": run_dir / CHECKPOINT, "best": run_dir / BEST_CHECKPOINT})
+        tracker.finish()
+    except TrainingInterrupted as stopped:
+        tracker.finish(exit_code=128 + stopped.signum)
+        raise
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
     finally:
         bar.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    metrics = read_metrics(run_dir)
-    plot_training(metrics, run_dir / "training.png", title=config.env.id)
-    say(f"trained {config.run.iterations} meta-iterations in {metrics[-1]['wall_time']:.0f} s")
-    if config.eval.at_end:
-        result = run_evaluation(config, parts, run_dir)
-        say(format_table(result))
     parts.sampler.close()
     return run_dir
 

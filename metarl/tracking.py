@@ -1,0 +1,123 @@
+"""Experiment tracking in Weights & Biases, next to the run directory (which is always written).
+
+Keys are namespaced and plotted against the meta-iteration: ``meta/`` (returns, KL, surrogate
+losses, line search, env steps), ``adapt/`` (returns after each further inner step), ``time/``
+(seconds per phase) and ``eval/`` (the adaptation curve of the test protocol, as a table and a
+line plot). The resolved config, the git commit and the package versions go into the run's
+config; checkpoints into a model artifact. Offline runs live in ``RUN_DIR/wandb`` and upload with
+``wandb sync``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from metarl import config as cfg
+from metarl.checkpoint import versions
+
+META_KEYS = ("pre_return", "post_return", "kl", "loss_before", "loss_after", "grad_norm", "line_search_step",
+             "step_accepted", "env_steps", "total_env_steps")
+
+
+def git_commit() -> str | None:
+    """The commit of the metarl checkout, if it is one (None otherwise)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def namespaced(metrics: dict[str, Any]) -> dict[str, Any]:
+    """One meta-iteration's metrics under wandb's namespaced keys."""
+    out: dict[str, Any] = {"meta/iteration": metrics["iteration"]}
+    for key in META_KEYS:
+        value = metrics.get(key)
+        out[f"meta/{key}"] = -1 if key == "line_search_step" and value is None else value
+    for step, value in enumerate(metrics.get("adapt_returns", []), start=2):
+        out[f"adapt/return_after_{step}_steps"] = value
+    for key, value in metrics.items():
+        if key.startswith("time_") or key == "wall_time":
+            out[f"time/{key.removeprefix('time_')}"] = value
+    return out
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+class Tracker:
+    """Does nothing unless ``tracking.wandb`` is on (then see the module docstring)."""
+
+    def __init__(self, config: cfg.Config, run_dir: Path, resume_id: str | None = None):
+        self.run = None
+        tracking = config.tracking
+        if not tracking.wandb or tracking.mode == "disabled":
+            return
+        if tracking.mode == "online" and not _has_api_key():
+            raise cfg.ConfigError(
+                "tracking.mode: online needs a wandb account (`wandb login` or WANDB_API_KEY); "
+                "use tracking.mode=offline and `wandb sync` later"
+            )
+        import wandb
+
+        self.run = wandb.init(
+            project=tracking.project, entity=tracking.entity, group=tracking.group,
+            name=tracking.name or run_dir.name, tags=list(tracking.tags), mode=tracking.mode,
+            dir=str(run_dir), config=cfg.to_dict(config), id=resume_id, resume="allow" if resume_id else None,
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+        self.run.config.update({"git_commit": git_commit(), "versions": versions()}, allow_val_change=True)
+        self.run.define_metric("meta/iteration")
+        for prefix in ("meta", "adapt", "time"):
+            self.run.define_metric(f"{prefix}/*", step_metric="meta/iteration")
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self.run is None else self.run.id
+
+    def log_iteration(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(namespaced(metrics))
+
+    def log_evaluation(self, result: dict[str, Any], plot_path: Path | None = None) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        rows = [[step, mean, err] for step, mean, err in zip(result["steps"], result["mean_return"], result["stderr"])]
+        table = wandb.Table(data=rows, columns=["adaptation steps", "mean return", "stderr"])
+        logged: dict[str, Any] = {
+            "eval/adaptation": wandb.plot.line(table, "adaptation steps", "mean return", title="return after adaptation steps"),
+            "eval/table": table,
+        }
+        if plot_path is not None and plot_path.is_file():
+            logged["eval/plot"] = wandb.Image(str(plot_path))
+        self.run.log(logged)
+        for step, mean in zip(result["steps"], result["mean_return"]):
+            self.run.summary[f"eval/return_after_{step}_steps"] = mean
+
+    def log_checkpoints(self, paths: dict[str, Path]) -> None:
+        """One model artifact with the existing files of ``paths`` (alias -> checkpoint file)."""
+        if self.run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(f"{self.run.name}-checkpoints", type="model")
+        present = {alias: path for alias, path in paths.items() if path.is_file()}
+        for path in present.values():
+            artifact.add_file(str(path))
+        if present:
+            self.run.log_artifact(artifact, aliases=sorted(present))
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

@@ -1,0 +1,84 @@
+"""wandb tracking: an offline run written beside the run directory and read back from its log."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from metarl.cli import main
+from metarl.tracking import namespaced
+
+NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
+
+
+def read_wandb_log(path: Path) -> list:
+    """The records of an offline run's ``run-*.wandb`` file (LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos = path.read_bytes(), 32768, 7  # 7-byte ":W&B" header
+    records, pending = [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_offline_wandb_run_holds_config_history_eval_plot_and_checkpoints(tmp_path, tiny_run_args, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = [*tiny_run_args, "run.name=tracked", "tracking.wandb=true", "tracking.mode=offline",
+            "tracking.tags=[smoke]", "tracking.group=tests"]
+    assert main(["train", NAV, *args, "--quiet"]) == 0
+    run_dir = tmp_path / "tracked"
+    assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "eval.json").is_file()  # local files regardless
+    logs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1
+    records = read_wandb_log(logs[0])
+    kinds = [r.WhichOneof("record_type") for r in records]
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.display_name == "tracked" and list(run.tags) == ["smoke"] and run.run_group == "tests"
+    updates = [item for item in run.config.update]
+    updates += [item for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update]
+    config = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in updates}
+    config = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in config.items()}
+    assert config["maml"]["meta_batch_size"] == 3 and "versions" in config and "git_commit" in config
+    history_keys = {item.key or "/".join(item.nested_key)
+                    for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item}
+    assert {"meta/iteration", "meta/post_return", "meta/kl", "time/update", "time/sampling"} <= history_keys
+    assert any(key.startswith("eval/adaptation") for key in history_keys)
+    assert any(key.startswith("eval/plot") for key in history_keys)
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    assert [a.name for a in artifacts] == ["tracked-checkpoints"]
+    assert "exit" in kinds
+
+
+def test_online_mode_without_an_account_fails_fast(tmp_path, tiny_run_args, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    args = [*tiny_run_args, "run.name=online", "tracking.wandb=true", "tracking.mode=online"]
+    assert main(["train", NAV, *args, "--quiet"]) == 2
+    assert "tracking.mode: online needs a wandb account" in capsys.readouterr().err
+
+
+def test_namespaced_keys():
+    metrics = {"iteration": 3, "pre_return": -40.0, "post_return": -12.0, "kl": 0.01, "line_search_step": None,
+               "adapt_returns": [-8.0], "time_update": 2.0, "wall_time": 10.0}
+    out = namespaced(metrics)
+    assert out["meta/iteration"] == 3 and out["meta/post_return"] == -12.0
+    assert out["meta/line_search_step"] == -1  # reverted step
+    assert out["adapt/return_after_2_steps"] == -8.0
+    assert out["time/update"] == 2.0 and out["time/wall_time"] == 10.0
