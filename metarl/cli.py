@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import inspect
 import os
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 
@@ -63,6 +65,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metarl.plots import plot_runs
+    from metarl.train import read_metrics
+
+    if args.labels and len(args.labels) != len(args.run_dirs):
+        raise cfg.ConfigError(f"--labels: got {len(args.labels)} labels for {len(args.run_dirs)} runs")
+    if args.smooth < 1:
+        raise cfg.ConfigError(f"--smooth must be >= 1, got {args.smooth}")
+    runs = []
+    for index, run_dir in enumerate(map(Path, args.run_dirs)):
+        metrics = read_metrics(run_dir)
+        if not metrics:
+            raise FileNotFoundError(f"{run_dir} has no metrics.jsonl lines (not a run directory, or no iteration yet)")
+        eval_path = run_dir / "eval.json"
+        runs.append({
+            "label": args.labels[index] if args.labels else run_dir.name,
+            "metrics": metrics,
+            "eval": json.loads(eval_path.read_text()) if eval_path.is_file() else None,
+        })
+    plot_runs(runs, args.out, title=args.title, window=args.smooth)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluate import format_table
     from metarl.train import evaluate_run
@@ -101,6 +127,16 @@ def parser() -> argparse.ArgumentParser:
                        "and meta-update time (batched vs per task) at the literature's configs.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
+
+    p = sub.add_parser("plot", help="plot several runs on one figure",
+                       description="Training curves (return before and after adaptation against the meta-iteration) and, "
+                       "for evaluated runs, adaptation curves (eval.json) of one or more run directories, in one PNG.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `metarl train`")
+    p.add_argument("--out", default="runs.png", help="output PNG (default: runs.png)")
+    p.add_argument("--labels", nargs="+", help="one label per run (default: the run directories' names)")
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help="moving average over N meta-iterations (default 1)")
+    p.add_argument("--title", default="", help="figure title")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("envs", help="list the registered task envs",
                        description="List metarl's task envs, and those a user module registers (--import).")

@@ -40,3 +40,56 @@ def plot_adaptation(result: dict[str, Any], path: str | Path, title: str = "", l
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over ``window`` points (shorter at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_runs(runs: list[dict[str, Any]], path: str | Path, title: str = "", window: int = 1) -> None:
+    """Several runs on one figure: post-adaptation (solid) and pre-adaptation (dashed) return against
+    the meta-iteration, and, for the runs that were evaluated, return against adaptation steps.
+
+    Args:
+        runs: dicts with ``label``, ``metrics`` (the ``metrics.jsonl`` lines) and ``eval`` (``eval.json``
+            or None).
+        window: moving-average window for the training curves.
+    """
+    evaluated = [run for run in runs if run.get("eval")]
+    fig, axes = plt.subplots(1, 2 if evaluated else 1, figsize=(11 if evaluated else 6.5, 4), dpi=100, squeeze=False)
+    curves = axes[0][0]
+    for index, run in enumerate(runs):
+        color = f"C{index % 10}"
+        iterations = [m["iteration"] for m in run["metrics"]]
+        curves.plot(iterations, smooth([m["post_return"] for m in run["metrics"]], window), color=color, label=run["label"])
+        curves.plot(iterations, smooth([m["pre_return"] for m in run["metrics"]], window), color=color, ls="--", alpha=0.6)
+    curves.set_xlabel("meta-iteration")
+    curves.set_ylabel("mean episode return")
+    curves.set_title("training: after (solid) and before (dashed) adaptation")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=8)
+    if evaluated:
+        adaptation = axes[0][1]
+        for index, run in enumerate(runs):
+            result = run.get("eval")
+            if result:
+                adaptation.errorbar(result["steps"], result["mean_return"], yerr=result["stderr"], marker="o", capsize=3,
+                                    color=f"C{index % 10}", label=run["label"])
+        steps = sorted({s for run in evaluated for s in run["eval"]["steps"]})
+        adaptation.set_xticks(steps)
+        adaptation.set_xlabel("number of gradient steps")
+        adaptation.set_ylabel("average return (test tasks)")
+        adaptation.set_title("evaluation")
+        adaptation.grid(alpha=0.3)
+        adaptation.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

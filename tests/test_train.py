@@ -116,3 +116,15 @@ def test_envs_command_lists_navigation(capsys):
     assert main(["envs"]) == 0
     out = capsys.readouterr().out
     assert "metarl/Navigation2D-v0" in out and "navigation" in out.lower()
+
+
+def test_plot_command_draws_several_runs(tmp_path, tiny_run_args, capsys):
+    for name in ("a", "b"):
+        assert main(["train", NAV, *tiny_run_args, f"run.name={name}", f"run.seed={ord(name)}", "--quiet"]) == 0
+    (tmp_path / "b" / "eval.json").unlink()  # a run without evaluation still gets its training curves
+    out = tmp_path / "both.png"
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--labels", "A", "B", "--smooth", "2"]) == 0
+    assert out.is_file() and out.stat().st_size > 10_000
+    assert main(["plot", str(tmp_path / "a"), "--labels", "A", "B"]) == 2
+    assert "--labels: got 2 labels for 1 runs" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "missing")]) == 2
