@@ -89,6 +89,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from metarl.render import RenderError, default_gl, render_run
+
+    default_gl()
+    try:
+        paths = render_run(args.run_dir, num_tasks=args.tasks, frames=args.frames, checkpoint=args.checkpoint,
+                           out_dir=args.out_dir, fps=args.fps)
+    except RenderError as exc:
+        print(f"metarl render: cannot render: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluate import format_table
     from metarl.train import evaluate_run
@@ -137,6 +152,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=int, default=1, metavar="N", help="moving average over N meta-iterations (default 1)")
     p.add_argument("--title", default="", help="figure title")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("render", help="videos of a run's policy before and after adaptation",
+                       description="Adapt the run's policy on its first test tasks (the evaluation protocol) and write "
+                       "one mp4 per task before and after adaptation (offscreen MuJoCo; MUJOCO_GL defaults to egl).")
+    p.add_argument("run_dir", help="a run directory written by `metarl train`")
+    p.add_argument("--tasks", type=int, default=2, help="test tasks to render (default 2)")
+    p.add_argument("--frames", type=int, default=100, help="frames per video, at most one episode (default 100)")
+    p.add_argument("--fps", type=int, default=20, help="frames per second of the mp4 (default 20)")
+    p.add_argument("--checkpoint", help="checkpoint to render (default: RUN_DIR/checkpoints/last.pt)")
+    p.add_argument("--out-dir", help="where the mp4s go (default: RUN_DIR/videos)")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("envs", help="list the registered task envs",
                        description="List metarl's task envs, and those a user module registers (--import).")

@@ -151,6 +151,9 @@ class TrackingConfig:
     """wandb tags."""
     log_checkpoints: bool = True
     """Upload checkpoints/last.pt and best.pt as a model artifact at the end of the run."""
+    videos: int = 2
+    """Test tasks rendered (mp4, before and after adaptation) and logged at the end of the run, for
+    envs that render (MuJoCo, with MUJOCO_GL=egl or osmesa); 0: none."""
 
 
 @dataclass
@@ -179,7 +182,7 @@ POSITIVE = {
     "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "eval.num_tasks", "eval.episodes_per_task",
     "run.iterations", "run.checkpoint_every", "maml.baseline_ridge",
 }
-NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group"}
+NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group", "tracking.videos"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
 SEEDS = {"run.seed", "eval.seed"}
 

@@ -8,6 +8,7 @@ step. Reported: the mean over tasks after 0..num_steps steps, with its standard 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -15,7 +16,7 @@ import torch
 
 from envs.base import task_to_json
 from metarl.maml import adapt
-from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
+from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_params
 from metarl.sampler import Sampler
 
 
@@ -40,6 +41,7 @@ def evaluate(
     baseline_ridge: float = 1e-5,
     normalize_advantages: bool = True,
     budget: str = "episodes",
+    on_step: Callable[[int, Params], None] | None = None,
 ) -> dict[str, Any]:
     """Adapt ``policy`` to each task for ``num_steps`` VPG steps and record returns after each.
 
@@ -55,6 +57,8 @@ def evaluate(
     per_task: list[torch.Tensor] = []
     used_step_sizes = []
     for k in range(num_steps + 1):
+        if on_step is not None:
+            on_step(k, params)  # the per-task parameters after k steps (e.g. to render them)
         episodes = sampler.sample(policy, params, tasks, episodes_per_task, budget)
         per_task.append(episodes.task_mean_returns().cpu().double())
         if k == num_steps:

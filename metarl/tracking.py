@@ -3,7 +3,7 @@
 Keys are namespaced and plotted against the meta-iteration: ``meta/`` (returns, KL, surrogate
 losses, line search, env steps), ``adapt/`` (returns after each further inner step), ``time/``
 (seconds per phase) and ``eval/`` (the adaptation curve of the test protocol, as a table and a
-line plot). The resolved config, the git commit and the package versions go into the run's
+line plot, and mp4s of a few test tasks before and after adaptation). The resolved config, the git commit and the package versions go into the run's
 config; checkpoints into a model artifact. Offline runs live in ``RUN_DIR/wandb`` and upload with
 ``wandb sync``.
 """
@@ -103,6 +103,22 @@ class Tracker:
         self.run.log(logged)
         for step, mean in zip(result["steps"], result["mean_return"]):
             self.run.summary[f"eval/return_after_{step}_steps"] = mean
+
+    def log_videos(self, config: cfg.Config, run_dir: Path, say: Any = print) -> None:
+        """Render ``tracking.videos`` test tasks before and after adaptation and log the mp4s; an env
+        that cannot render here is skipped with a message, never failing the run."""
+        if self.run is None or config.tracking.videos == 0:
+            return
+        import wandb
+
+        from metarl.render import RenderError, render_run
+
+        try:
+            paths = render_run(run_dir, num_tasks=config.tracking.videos, out_dir=run_dir / "videos")
+        except RenderError as exc:
+            say(f"wandb: no videos ({exc})")
+            return
+        self.run.log({f"eval/video/{path.stem}": wandb.Video(str(path), format="mp4") for path in paths})
 
     def log_checkpoints(self, paths: dict[str, Path]) -> None:
         """One model artifact with the existing files of ``paths`` (alias -> checkpoint file)."""

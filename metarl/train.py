@@ -286,6 +286,7 @@ def _train_loop(
             result = run_evaluation(config, parts, run_dir)
             tracker.log_evaluation(result, run_dir / "eval.png")
             say(format_table(result))
+            tracker.log_videos(config, run_dir, say)
         if config.tracking.log_checkpoints:
             tracker.log_checkpoints({"latest": run_dir / CHECKPOINT, "best": run_dir / BEST_CHECKPOINT})
         tracker.finish()

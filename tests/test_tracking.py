@@ -1,6 +1,7 @@
 """wandb tracking: an offline run written beside the run directory and read back from its log."""
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -82,3 +83,25 @@ def test_namespaced_keys():
     assert out["meta/line_search_step"] == -1  # reverted step
     assert out["adapt/return_after_2_steps"] == -8.0
     assert out["time/update"] == 2.0 and out["time/wall_time"] == 10.0
+
+
+def test_offline_run_logs_videos_for_a_mujoco_family(tmp_path, monkeypatch):
+    from metarl.render import rendering_unavailable
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    if "MUJOCO_GL" not in os.environ:
+        monkeypatch.setenv("MUJOCO_GL", "egl")
+    reason = rendering_unavailable("metarl/HalfCheetahVel-v0")
+    if reason:
+        pytest.skip(f"no offscreen rendering here: {reason}")
+    config = str(Path(__file__).resolve().parents[1] / "experiments" / "halfcheetah_vel.yaml")
+    args = ["run.iterations=1", "maml.meta_batch_size=2", "sampler.episodes_per_task=2", "sampler.horizon=8",
+            "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2",
+            "eval.num_steps=1", f"run.output_dir={tmp_path}", "run.name=hc", "tracking.wandb=true", "tracking.videos=1"]
+    assert main(["train", config, *args, "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hc" / "videos").iterdir()) == ["task0_after1.mp4", "task0_before.mp4"]
+    (log,) = (tmp_path / "hc" / "wandb").glob("offline-run-*/run-*.wandb")
+    keys = {item.key or "/".join(item.nested_key)
+            for r in read_wandb_log(log) if r.WhichOneof("record_type") == "history" for item in r.history.item}
+    assert any(k.startswith("eval/video/task0_before") for k in keys) and any(k.startswith("eval/video/task0_after1") for k in keys)
