@@ -61,6 +61,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stopped:
         print(f"metarl train: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
+    except KeyboardInterrupt:  # a second Ctrl-C: the iteration was abandoned, the previous checkpoint stays
+        print("metarl train: stopped at once; resume from the last checkpoint with metarl train --resume RUN_DIR",
+              file=sys.stderr)
+        return 130
     print(f"run directory: {run_dir}")
     return 0
 

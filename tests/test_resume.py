@@ -106,3 +106,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_run_ar
     assert (tmp_path / "s" / "training.png").is_file()
     assert main(["train", "--resume", str(tmp_path / "s"), f"run.iterations={done + 1}", "--quiet"]) == 0
     assert len(read_metrics(tmp_path / "s")) == done + 1
+    # the signalled and resumed run is the uninterrupted one
+    whole = [*with_iterations(tiny_run_args, done + 1), "eval.at_end=false", "run.name=whole"]
+    assert main(["train", NAV, *whole, "--quiet"]) == 0
+    assert strip(read_metrics(tmp_path / "s")) == strip(read_metrics(tmp_path / "whole"))
