@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import signal
@@ -177,6 +179,22 @@ def restore_state(parts: Components, state: dict[str, Any]) -> None:
     parts.task_env.unwrapped.np_random.bit_generator.state = state["task_sampler"]
 
 
+def write_metrics_csv(run_dir: Path) -> None:
+    """``metrics.csv``: ``metrics.jsonl`` as a table (lists as JSON text), for spreadsheets and pandas."""
+    metrics = read_metrics(run_dir)
+    columns = list(dict.fromkeys(key for m in metrics for key in m))
+
+    def write(f: Any) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        for m in metrics:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in m.items()})
+        f.write(text.getvalue().encode())
+
+    atomic_write_bytes(run_dir / "metrics.csv", write)
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
@@ -277,10 +295,12 @@ def _train_loop(
                     save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done, best_post_return, tracker.run_id))
                 if stop["signum"]:
                     plot_training(read_metrics(run_dir), run_dir / "training.png", title=config.env.id)
+                    write_metrics_csv(run_dir)
                     parts.sampler.close()
                     raise TrainingInterrupted(run_dir, done, stop["signum"])
         metrics = read_metrics(run_dir)
         plot_training(metrics, run_dir / "training.png", title=config.env.id)
+        write_metrics_csv(run_dir)
         say(f"trained {config.run.iterations} meta-iterations in {metrics[-1]['wall_time']:.0f} s")
         if config.eval.at_end:
             result = run_evaluation(config, parts, run_dir)

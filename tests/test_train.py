@@ -20,8 +20,12 @@ TIMING_KEYS = {"time_sampling", "time_sampling_valid", "time_adapt", "time_updat
 def test_smoke_run_writes_the_run_directory(tmp_path, tiny_run_args):
     assert main(["train", NAV, *tiny_run_args, "run.name=smoke", "--quiet"]) == 0
     run_dir = tmp_path / "smoke"
-    for name in ("config.yaml", "metrics.jsonl", "training.png", "eval.json", "eval.png", CHECKPOINT):
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "training.png", "eval.json", "eval.png", CHECKPOINT):
         assert (run_dir / name).is_file(), name
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [0, 1] and float(rows[1]["post_return"]) < 0
     metrics = read_metrics(run_dir)
     assert [m["iteration"] for m in metrics] == [0, 1]
     expected = {"pre_return", "post_return", "kl", "loss_before", "loss_after", "line_search_step", "step_accepted",
