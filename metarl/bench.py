@@ -28,8 +28,9 @@ import copy
 import json
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -41,7 +42,7 @@ from envs.batched import cpu_cores
 from envs.mujoco_batch import MujocoBatchSim
 from metarl.maml import MetaBatch, adapt, trpo_meta_step
 from metarl.policy import detach_params, expand_params
-from metarl.train import build, make_sampler, meta_iteration
+from metarl.train import build, meta_iteration
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,6 @@ class BenchEnv:
     nonlinearity: str
     inner_lr: float
     source: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 BENCH_ENVS = {

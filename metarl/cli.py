@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import inspect
+import json
 import os
 import sys
 from pathlib import Path
@@ -143,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure sampling and meta-update speed",
                        description="Measure env steps/s (raw MuJoCo rollout, metarl's sampler, gymnasium's vector envs) "
-                       "and meta-update time (batched vs per task) at the literature's configs.")
+                       "and meta-update time (as trained, all tasks in one group, task by task) at the literature's configs.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
 

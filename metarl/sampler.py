@@ -198,7 +198,7 @@ class Sampler:
             spec = gym.spec(self.env_id)
             uses_entry_point = mode == "vector_entry_point" or (mode is None and spec.vector_entry_point is not None)
             vector_kwargs = None if uses_entry_point else {"autoreset_mode": AutoresetMode.NEXT_STEP}
-            envs = gym.make_vec(
+            vector_env = gym.make_vec(
                 self.env_id,
                 num_envs=num_envs,
                 vectorization_mode=mode,
@@ -206,9 +206,9 @@ class Sampler:
                 max_episode_steps=self.horizon,
                 **self.env_kwargs,
             )
-            if envs.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
+            if vector_env.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
                 raise TaskEnvError(f"{self.env_id}: the sampler needs a vector env that autoresets")
-            self._vector_envs[num_envs] = envs
+            self._vector_envs[num_envs] = vector_env
         return self._vector_envs[num_envs]
 
     @torch.no_grad()
@@ -267,9 +267,9 @@ class Sampler:
             sim.set_tasks(env_tasks)
             obs = sim.reset(seed=reset_seed)
         else:
-            envs = self._vector_env(num_envs)
-            envs.set_attr("task", env_tasks)
-            obs, _ = envs.reset(seed=reset_seed)
+            vector_env = self._vector_env(num_envs)
+            vector_env.set_attr("task", env_tasks)
+            obs, _ = vector_env.reset(seed=reset_seed)
 
         shape = (num_tasks, num_episodes, horizon)
         observations = torch.zeros(*shape, self.obs_dim, device=self.device)
@@ -295,7 +295,7 @@ class Sampler:
             if self.batched:
                 obs, reward, terminated = sim.step(env_action, alive)
             else:
-                obs, reward, terminated, truncated, _ = envs.step(env_action.cpu().numpy().astype(self.action_space.dtype))
+                obs, reward, terminated, truncated, _ = vector_env.step(env_action.cpu().numpy().astype(self.action_space.dtype))
                 reward, terminated = torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated | truncated, device=self.device)
             reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
             rewards[:, :, t] = (reward if all_alive else torch.where(alive, reward, 0.0)).reshape(num_tasks, num_episodes)
@@ -308,8 +308,8 @@ class Sampler:
         return Episodes(observations, actions, rewards, mask, list(tasks))
 
     def close(self) -> None:
-        for envs in self._vector_envs.values():
-            envs.close()
+        for vector_env in self._vector_envs.values():
+            vector_env.close()
         self._vector_envs.clear()
         for sim in self._sims.values():
             sim.close()
