@@ -68,7 +68,8 @@ def _episode_frames(env: gym.Env, policy: torch.nn.Module, params: Params, task:
     images = [env.render()]
     for _ in range(frames - 1):
         with torch.no_grad():
-            mean, _ = policy.mean_std(torch.as_tensor(obs, dtype=torch.float32)[None, None], params)
+            device = next(iter(params.values())).device
+            mean, _ = policy.mean_std(torch.as_tensor(obs, dtype=torch.float32, device=device)[None, None], params)
         obs, _, terminated, truncated, _ = env.step(action_map(mean[0, 0].cpu().numpy()))
         images.append(env.render())
         if terminated or truncated:
