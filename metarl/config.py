@@ -17,6 +17,7 @@ from typing import Any, Union
 import yaml
 
 from metarl.policy import NONLINEARITIES
+from metarl.maml import INNER_LOSSES
 from metarl.sampler import SAMPLE_BUDGETS, VECTORIZATION_MODES
 
 
@@ -68,6 +69,9 @@ class MAMLConfig:
     """Inner-loop step size alpha."""
     first_order: bool = False
     """Treat the inner gradient as a constant (FOMAML) instead of differentiating through it."""
+    inner_loss: str = "vpg"
+    """vpg (REINFORCE) or lvc (ProMP's low-variance curvature): the same inner step, different
+    second-order meta-gradient."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 1.0
@@ -175,6 +179,7 @@ CHOICES = {
     "sampler.budget": SAMPLE_BUDGETS,
     "eval.budget": SAMPLE_BUDGETS,
     "tracking.mode": TRACKING_MODES,
+    "maml.inner_loss": tuple(INNER_LOSSES),
 }
 POSITIVE = {
     "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",

@@ -66,15 +66,40 @@ def vpg_loss(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> T
     return -masked_mean(log_probs(policy, params, episodes) * _advantages(episodes), episodes.mask)
 
 
+def lvc_loss(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> Tensor:
+    """ProMP's low-variance curvature loss per task, ``-sum_t m_t (pi / stop_grad(pi))(a_t|s_t) A_t / sum_t m_t``.
+
+    Its gradient at the current parameters is :func:`vpg_loss`'s (the ratio is 1 and its gradient is
+    ``grad log pi``), so the inner step is the same. Its Hessian is
+    ``-mean_t A_t (grad^2 log pi_t + grad log pi_t grad log pi_t^T)``: it adds the per-step score
+    term that REINFORCE's Hessian lacks (which biases MAML's meta-gradient), without DiCE's
+    cross-time terms and their variance (Rothfuss et al., 2019). Only the second-order
+    meta-gradient differs.
+    """
+    log_prob = log_probs(policy, params, episodes)
+    return -masked_mean(torch.exp(log_prob - log_prob.detach()) * _advantages(episodes), episodes.mask)
+
+
+#: Inner-loop losses (``maml.inner_loss``).
+INNER_LOSSES = {"vpg": vpg_loss, "lvc": lvc_loss}
+
+
 def adapt(
-    policy: GaussianMLPPolicy, params: Params, episodes: Episodes, step_size: float, first_order: bool = False
+    policy: GaussianMLPPolicy,
+    params: Params,
+    episodes: Episodes,
+    step_size: float,
+    first_order: bool = False,
+    inner_loss: str = "vpg",
 ) -> Params:
-    """One inner VPG step per task: ``theta' = theta - step_size * grad L_vpg(theta; D_task)``.
+    """One inner policy-gradient step per task: ``theta' = theta - step_size * grad L(theta; D_task)``.
 
     Args:
         params: per-task parameters ``[T, ...]`` (use :func:`expand_params` on shared ones).
         first_order: if True the gradient is treated as a constant (FOMAML); otherwise the graph of
             the gradient is kept so that the result can be differentiated twice.
+        inner_loss: a key of :data:`INNER_LOSSES` (all give the same step; they differ in the
+            second-order meta-gradient).
     Returns:
         New per-task parameters; ``params`` is not modified.
     """
@@ -82,7 +107,7 @@ def adapt(
         # A value-only call (e.g. under no_grad): differentiate w.r.t. fresh leaves instead.
         params = {name: p.detach().requires_grad_() for name, p in params.items()}
     with torch.enable_grad():
-        loss = vpg_loss(policy, params, episodes).sum()  # tasks are independent: sum = per-task grads
+        loss = INNER_LOSSES[inner_loss](policy, params, episodes).sum()  # tasks are independent: sum = per-task grads
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
     return {name: p - step_size * g for (name, p), g in zip(params.items(), grads)}
 
@@ -93,11 +118,12 @@ def adapt_steps(
     train_episodes: list[Episodes],
     step_size: float,
     first_order: bool = False,
+    inner_loss: str = "vpg",
 ) -> Params:
     """Apply one :func:`adapt` step per batch of ``train_episodes``, starting from shared ``theta``."""
     params = expand_params(theta, train_episodes[0].num_tasks)
     for episodes in train_episodes:
-        params = adapt(policy, params, episodes, step_size, first_order)
+        params = adapt(policy, params, episodes, step_size, first_order, inner_loss)
     return params
 
 
@@ -169,7 +195,13 @@ class AdaptationJacobian:
     """
 
     def __init__(
-        self, policy: GaussianMLPPolicy, theta: Params, train: list[Episodes], step_size: float, first_order: bool
+        self,
+        policy: GaussianMLPPolicy,
+        theta: Params,
+        train: list[Episodes],
+        step_size: float,
+        first_order: bool,
+        inner_loss: str = "vpg",
     ):
         self.step_size, self.num_tasks = step_size, train[0].num_tasks
         self._steps: list[tuple[list[Tensor], tuple[Tensor, ...]]] = []
@@ -177,7 +209,7 @@ class AdaptationJacobian:
         for episodes in train:
             leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
             with torch.enable_grad():
-                loss = vpg_loss(policy, leaves, episodes).sum()
+                loss = INNER_LOSSES[inner_loss](policy, leaves, episodes).sum()
                 grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=not first_order)
             if not first_order:
                 self._steps.append((list(leaves.values()), grads))
@@ -218,7 +250,7 @@ class _MetaProblem:
 
 
 def _meta_problem(
-    policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch, step_size: float, first_order: bool
+    policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch, step_size: float, first_order: bool, inner_loss: str = "vpg"
 ) -> _MetaProblem:
     """Surrogate gradient and KL Hessian-vector product through the adaptation, at ``theta``.
 
@@ -228,7 +260,7 @@ def _meta_problem(
     no third derivatives are needed. The surrogate's gradient is ``J^T grad_{theta_K} L``. Both
     are summed over tasks (the caller divides by the number of tasks).
     """
-    jacobian = AdaptationJacobian(policy, theta, batch.train, step_size, first_order)
+    jacobian = AdaptationJacobian(policy, theta, batch.train, step_size, first_order, inner_loss)
     adapted = {name: p.requires_grad_() for name, p in jacobian.adapted.items()}
     leaves = list(adapted.values())
     valid = batch.valid
@@ -271,6 +303,7 @@ def trpo_meta_step(
     line_search_steps: int = 15,
     backtrack_ratio: float = 0.8,
     tasks_per_group: int | None = None,
+    inner_loss: str = "vpg",
 ) -> TRPOStats:
     """One TRPO meta-update of ``policy``'s parameters in place (see the module docstring).
 
@@ -281,6 +314,8 @@ def trpo_meta_step(
     bench`` compares it with one group of all tasks and with task by task (as the reference
     implementations compute it).
     """
+    if inner_loss not in INNER_LOSSES:
+        raise ValueError(f"inner_loss must be one of {sorted(INNER_LOSSES)}, got {inner_loss!r}")
     num_tasks = batch.num_tasks
     size = tasks_per_group or default_tasks_per_group(batch)
     if size < 1:
@@ -289,7 +324,7 @@ def trpo_meta_step(
     groups = [batch.task_slice(start, stop) for start, stop in bounds] if len(bounds) > 1 else [batch]
     theta = policy.parameters_dict()
     tensors = list(theta.values())
-    problems = [_meta_problem(policy, theta, group, inner_step_size, first_order) for group in groups]
+    problems = [_meta_problem(policy, theta, group, inner_step_size, first_order, inner_loss) for group in groups]
 
     def total(parts: list[list[Tensor]]) -> Tensor:
         return flat([sum(p[i] for p in parts) for i in range(len(tensors))]) / num_tasks

@@ -125,6 +125,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         line_search_steps=trpo.line_search_steps,
         backtrack_ratio=trpo.backtrack_ratio,
         tasks_per_group=trpo.tasks_per_group or None,
+        inner_loss=maml.inner_loss,
     )
     update_time = time.perf_counter() - update_start
     return {

@@ -208,3 +208,57 @@ def test_policy_functional_call_with_per_task_parameters_matches_module():
         m, s = policy.mean_std(obs[t], single)
         assert torch.allclose(mean[t], m) and torch.allclose(std[t], s)
     assert policy.mean_std(obs[0], policy.parameters_dict())[0].shape == (7, 2)
+
+
+def test_lvc_loss_matches_vpg_to_first_order_and_adds_the_score_outer_product_to_second():
+    policy = tiny_policy()
+    episodes = synthetic_episodes(num_tasks=1, num_episodes=2, horizon=3, seed=4)
+    params = {k: v.detach().unsqueeze(0).clone().requires_grad_() for k, v in policy.parameters_dict().items()}
+    leaves = list(params.values())
+    vpg, lvc = maml.vpg_loss(policy, params, episodes).sum(), maml.lvc_loss(policy, params, episodes).sum()
+    g_vpg = torch.autograd.grad(vpg, leaves, create_graph=True)
+    g_lvc = torch.autograd.grad(lvc, leaves, create_graph=True)
+    assert all(torch.allclose(a, b, atol=1e-14) for a, b in zip(g_vpg, g_lvc))
+    v = [torch.randn_like(p) for p in leaves]
+    h_vpg = flat(torch.autograd.grad(sum((g * w).sum() for g, w in zip(g_vpg, v)), leaves, retain_graph=True))
+    h_lvc = flat(torch.autograd.grad(sum((g * w).sum() for g, w in zip(g_lvc, v)), leaves, retain_graph=True))
+    # (H_lvc - H_vpg) v = -sum_t m_t A_t g_t (g_t . v) / sum_t m_t, with g_t the score of step t
+    log_prob = maml.log_probs(policy, params, episodes)[0]
+    adv, mask = episodes.advantages[0], episodes.mask[0]
+    expected = torch.zeros_like(h_vpg)
+    for e in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if mask[e, t]:
+                score = flat(torch.autograd.grad(log_prob[e, t], leaves, retain_graph=True))
+                expected -= adv[e, t] * score * (score @ flat(v))
+    expected /= mask.sum()
+    assert torch.allclose(h_lvc - h_vpg, expected, atol=1e-10)
+    assert not torch.allclose(h_lvc, h_vpg, atol=1e-6)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_structured_product_with_the_lvc_inner_loss_equals_double_backprop(inner_steps):
+    policy = tiny_policy()
+    theta = policy.parameters_dict()
+    batch = MetaBatch([synthetic_episodes(seed=s) for s in range(inner_steps)], synthetic_episodes(seed=10))
+    problem = maml._meta_problem(policy, theta, batch, INNER_LR, False, "lvc")
+    valid = batch.valid
+    params = adapt_steps(policy, theta, batch.train, INNER_LR, False, "lvc")
+    mean, std = maml.policy_outputs(policy, params, valid)
+    kl = (gaussian_kl(problem.old[0], problem.old[1], mean, std).reshape(valid.rewards.shape) * valid.mask).sum((1, 2))
+    kl = (kl / valid.mask.sum((1, 2))).sum()
+    reference = hessian_vector_product(kl, list(theta.values()))
+    v = torch.randn(reference(torch.zeros(sum(p.numel() for p in theta.values()), dtype=torch.float64)).shape,
+                    dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    vectors = [chunk.view_as(p) for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]), theta.values())]
+    assert torch.allclose(flat(problem.product(vectors)), reference(v), atol=1e-10)
+    vpg_problem = maml._meta_problem(policy, theta, batch, INNER_LR, False, "vpg")
+    assert not torch.allclose(flat(vpg_problem.gradient), flat(problem.gradient), atol=1e-8)
+
+
+def test_trpo_step_with_lvc_and_a_bad_inner_loss():
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    stats = trpo_meta_step(tiny_policy(), batch, INNER_LR, max_kl=1e-3, inner_loss="lvc")
+    assert stats.accepted and stats.loss_after < stats.loss_before
+    with pytest.raises(ValueError, match="inner_loss must be one of"):
+        trpo_meta_step(tiny_policy(), batch, INNER_LR, inner_loss="dice")

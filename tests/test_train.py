@@ -1,6 +1,7 @@
 """Training end to end through the CLI: smoke run, determinism, checkpoints, evaluation, bad input."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,9 @@ def test_plot_command_draws_several_runs(tmp_path, tiny_run_args, capsys):
     assert main(["plot", str(tmp_path / "a"), "--labels", "A", "B"]) == 2
     assert "--labels: got 2 labels for 1 runs" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_training_with_the_lvc_inner_loss(tmp_path, tiny_run_args):
+    assert main(["train", NAV, *tiny_run_args, "maml.inner_loss=lvc", "eval.at_end=false", "run.name=lvc", "--quiet"]) == 0
+    metrics = read_metrics(tmp_path / "lvc")
+    assert len(metrics) == 2 and all(math.isfinite(m["loss_after"]) for m in metrics)
