@@ -72,6 +72,9 @@ class MAMLConfig:
     inner_loss: str = "vpg"
     """vpg (REINFORCE) or lvc (ProMP's low-variance curvature): the same inner step, different
     second-order meta-gradient."""
+    outer: str = "trpo"
+    """Meta-update: trpo (the paper's), promp (PPO-clipped objective with an inner KL penalty and
+    several Adam epochs, section ppo) or adam (one Adam step on the meta-loss, ppo.lr)."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 1.0
@@ -97,6 +100,18 @@ class TRPOConfig:
     tasks_per_group: int = 0
     """Tasks stacked together in the meta-update's batched computation; 0 picks groups of about
     8192 steps (cache-sized). The update is the same for any value, only the speed differs."""
+
+
+@dataclass
+class PPOConfig:
+    lr: float = 1e-3
+    """Adam learning rate of the promp and adam meta-updates."""
+    epochs: int = 5
+    """Adam steps per meta-iteration (promp; adam takes one)."""
+    clip: float = 0.3
+    """PPO clipping of the post-adaptation likelihood ratio (promp)."""
+    inner_kl_coef: float = 5e-4
+    """Weight of KL(old || new) on the pre-update episodes, ProMP's inner trust region (promp)."""
 
 
 @dataclass
@@ -167,6 +182,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     maml: MAMLConfig = field(default_factory=MAMLConfig)
     trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -180,14 +196,15 @@ CHOICES = {
     "eval.budget": SAMPLE_BUDGETS,
     "tracking.mode": TRACKING_MODES,
     "maml.inner_loss": tuple(INNER_LOSSES),
+    "maml.outer": ("trpo", "promp", "adam"),
 }
 POSITIVE = {
     "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",
     "maml.inner_steps",
     "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "eval.num_tasks", "eval.episodes_per_task",
-    "run.iterations", "run.checkpoint_every", "maml.baseline_ridge",
+    "run.iterations", "run.checkpoint_every", "maml.baseline_ridge", "ppo.lr", "ppo.epochs", "ppo.clip",
 }
-NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group", "tracking.videos"}
+NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group", "tracking.videos", "ppo.inner_kl_coef"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
 SEEDS = {"run.seed", "eval.seed"}
 

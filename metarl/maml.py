@@ -374,3 +374,75 @@ def trpo_meta_step(
         set_flat(start)
         loss_after, kl_after = loss_before, 0.0
     return TRPOStats(loss_before, loss_after, kl_after, grad_norm, step)
+
+
+@dataclass
+class PPOStats:
+    """One gradient-based meta-update (ProMP or Adam): the meta-loss before the first and after the
+    last epoch, the post-adaptation KL reached, the gradient norm of the first epoch, and the
+    pre-update KL (ProMP's inner trust region)."""
+
+    loss_before: float
+    loss_after: float
+    kl_after: float
+    grad_norm: float
+    inner_kl: float
+    epochs: int
+
+
+def ppo_meta_step(
+    policy: GaussianMLPPolicy,
+    optimizer: torch.optim.Optimizer,
+    batch: MetaBatch,
+    inner_step_size: float,
+    first_order: bool = False,
+    inner_loss: str = "lvc",
+    epochs: int = 5,
+    clip: float | None = 0.2,
+    inner_kl_coef: float = 0.0,
+) -> PPOStats:
+    """Gradient-based meta-update: ``epochs`` optimizer steps on the post-adaptation objective,
+    differentiated through the adaptation each epoch.
+
+    ProMP (Rothfuss et al., 2019) is ``clip`` set (PPO's clipped ratio ``min(r A, clip(r, 1 +- clip) A)``
+    against the sampling policy), the LVC inner loss and ``inner_kl_coef * KL(pi_old || pi_theta)`` on
+    the pre-update episodes; plain meta-gradient descent is ``clip=None``, no penalty, one epoch.
+    Losses are means over tasks (of masked means over steps).
+    """
+    if inner_loss not in INNER_LOSSES:
+        raise ValueError(f"inner_loss must be one of {sorted(INNER_LOSSES)}, got {inner_loss!r}")
+    theta = policy.parameters_dict()
+    valid, pre = batch.valid, batch.train[0]
+    with torch.no_grad():
+        old_post = adapt_steps(policy, theta, batch.train, inner_step_size, True, inner_loss)
+        old_mean, old_std = policy_outputs(policy, {k: v.detach() for k, v in old_post.items()}, valid)
+        old_log_prob = _log_prob(old_mean, old_std, valid)
+        old_pre_mean, old_pre_std = policy_outputs(policy, expand_params(theta, pre.num_tasks), pre)
+    advantages = _advantages(valid)
+
+    def objective() -> tuple[Tensor, Tensor, Tensor]:
+        params = adapt_steps(policy, theta, batch.train, inner_step_size, first_order, inner_loss)
+        mean, std = policy_outputs(policy, params, valid)
+        ratio = torch.exp(_log_prob(mean, std, valid) - old_log_prob)
+        gain = ratio * advantages
+        if clip is not None:
+            gain = torch.minimum(gain, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
+        loss = -masked_mean(gain, valid.mask).mean()
+        kl = masked_mean(gaussian_kl(old_mean, old_std, mean, std).reshape(valid.rewards.shape), valid.mask).mean()
+        pre_mean, pre_std = policy_outputs(policy, expand_params(theta, pre.num_tasks), pre)
+        inner_kl = masked_mean(gaussian_kl(old_pre_mean, old_pre_std, pre_mean, pre_std).reshape(pre.rewards.shape), pre.mask).mean()
+        return loss, kl, inner_kl
+
+    loss_before, grad_norm = None, 0.0
+    for epoch in range(epochs):
+        optimizer.zero_grad()
+        loss, _, inner_kl = objective()
+        total = loss + inner_kl_coef * inner_kl if inner_kl_coef else loss
+        total.backward()
+        if epoch == 0:
+            loss_before = float(loss.item())
+            grad_norm = float(flat([p.grad for p in theta.values()]).norm().item())
+        optimizer.step()
+    with torch.no_grad():
+        loss_after, kl_after, inner_kl = objective()
+    return PPOStats(loss_before, float(loss_after), float(kl_after), grad_norm, float(inner_kl), epochs)

@@ -19,7 +19,7 @@ from metarl import config as cfg
 from metarl.checkpoint import versions
 
 META_KEYS = ("pre_return", "post_return", "kl", "loss_before", "loss_after", "grad_norm", "line_search_step",
-             "step_accepted", "env_steps", "total_env_steps")
+             "step_accepted", "inner_kl", "env_steps", "total_env_steps")
 
 
 def git_commit() -> str | None:
@@ -36,8 +36,9 @@ def namespaced(metrics: dict[str, Any]) -> dict[str, Any]:
     """One meta-iteration's metrics under wandb's namespaced keys."""
     out: dict[str, Any] = {"meta/iteration": metrics["iteration"]}
     for key in META_KEYS:
-        value = metrics.get(key)
-        out[f"meta/{key}"] = -1 if key == "line_search_step" and value is None else value
+        if key in metrics:
+            value = metrics[key]
+            out[f"meta/{key}"] = -1 if key == "line_search_step" and value is None else value
     for step, value in enumerate(metrics.get("adapt_returns", []), start=2):
         out[f"adapt/return_after_{step}_steps"] = value
     for key, value in metrics.items():

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from metarl import config as cfg
 from metarl.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from metarl.evaluate import evaluate, format_table, test_tasks
-from metarl.maml import MetaBatch, adapt, trpo_meta_step
+from metarl.maml import MetaBatch, adapt, ppo_meta_step, trpo_meta_step
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
 from metarl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
@@ -55,6 +55,7 @@ class Components:
     sampler: Sampler
     task_env: gym.Env
     policy: GaussianMLPPolicy
+    optimizer: torch.optim.Optimizer | None = None  # the promp and adam meta-updates'
 
 
 def make_sampler(config: cfg.Config, device: torch.device, seed: int) -> Sampler:
@@ -85,7 +86,8 @@ def build(config: cfg.Config) -> Components:
         config.policy.nonlinearity,
         config.policy.init_std,
     ).to(device)
-    return Components(device, sampler, task_env, policy)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr) if config.maml.outer != "trpo" else None
+    return Components(device, sampler, task_env, policy, optimizer)
 
 
 def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
@@ -113,20 +115,31 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
     sample_time = time.perf_counter() - start - adapt_time
 
     update_start = time.perf_counter()
-    trpo = config.trpo
-    stats = trpo_meta_step(
-        policy,
-        MetaBatch(train_episodes, valid),
-        maml.inner_lr,
-        first_order=maml.first_order,
-        max_kl=trpo.max_kl,
-        cg_iters=trpo.cg_iters,
-        cg_damping=trpo.cg_damping,
-        line_search_steps=trpo.line_search_steps,
-        backtrack_ratio=trpo.backtrack_ratio,
-        tasks_per_group=trpo.tasks_per_group or None,
-        inner_loss=maml.inner_loss,
-    )
+    trpo, ppo = config.trpo, config.ppo
+    batch = MetaBatch(train_episodes, valid)
+    if maml.outer == "trpo":
+        stats = trpo_meta_step(
+            policy,
+            batch,
+            maml.inner_lr,
+            first_order=maml.first_order,
+            max_kl=trpo.max_kl,
+            cg_iters=trpo.cg_iters,
+            cg_damping=trpo.cg_damping,
+            line_search_steps=trpo.line_search_steps,
+            backtrack_ratio=trpo.backtrack_ratio,
+            tasks_per_group=trpo.tasks_per_group or None,
+            inner_loss=maml.inner_loss,
+        )
+        outer = {"line_search_step": stats.line_search_step, "step_accepted": stats.accepted}
+    else:
+        promp = maml.outer == "promp"
+        stats = ppo_meta_step(
+            policy, parts.optimizer, batch, maml.inner_lr, first_order=maml.first_order, inner_loss=maml.inner_loss,
+            epochs=ppo.epochs if promp else 1, clip=ppo.clip if promp else None,
+            inner_kl_coef=ppo.inner_kl_coef if promp else 0.0,
+        )
+        outer = {"line_search_step": 0, "step_accepted": True, "inner_kl": stats.inner_kl}
     update_time = time.perf_counter() - update_start
     return {
         "pre_return": train_episodes[0].mean_return(),
@@ -136,8 +149,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         "loss_after": stats.loss_after,
         "kl": stats.kl_after,
         "grad_norm": stats.grad_norm,
-        "line_search_step": stats.line_search_step,
-        "step_accepted": stats.accepted,
+        **outer,
         "env_steps": sum(e.num_steps for e in train_episodes) + valid.num_steps,
         "time_sampling": sample_time,
         "time_sampling_valid": valid_time,
@@ -169,12 +181,15 @@ def checkpoint_state(
         "sampler": parts.sampler.state_dict(),
         "task_sampler": parts.task_env.unwrapped.np_random.bit_generator.state,
         "tracking_id": tracking_id,
+        "optimizer": None if parts.optimizer is None else parts.optimizer.state_dict(),
     }
 
 
 def restore_state(parts: Components, state: dict[str, Any]) -> None:
     """Load what :func:`checkpoint_state` saved into freshly built components."""
     parts.policy.load_state_dict(state["policy"])
+    if parts.optimizer is not None and state.get("optimizer"):
+        parts.optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     parts.sampler.load_state_dict(state["sampler"])
     parts.task_env.unwrapped.np_random.bit_generator.state = state["task_sampler"]

@@ -262,3 +262,29 @@ def test_trpo_step_with_lvc_and_a_bad_inner_loss():
     assert stats.accepted and stats.loss_after < stats.loss_before
     with pytest.raises(ValueError, match="inner_loss must be one of"):
         trpo_meta_step(tiny_policy(), batch, INNER_LR, inner_loss="dice")
+
+
+def test_gradient_meta_step_follows_the_finite_difference_checked_meta_gradient():
+    # With plain SGD, one epoch, no clip and no penalty, the step is -lr times the meta-gradient.
+    policy = tiny_policy()
+    batch = MetaBatch([synthetic_episodes(seed=0)], synthetic_episodes(seed=10))
+    theta = {k: v.detach().clone() for k, v in policy.parameters_dict().items()}
+    old = log_probs(policy, detach_params(adapt_steps(policy, policy.parameters_dict(), batch.train, INNER_LR)), batch.valid).detach()
+    loss = meta_loss(policy, policy.parameters_dict(), batch.train, batch.valid, old, first_order=False)
+    expected = flat(torch.autograd.grad(loss, list(policy.parameters_dict().values())))
+    lr = 0.01
+    stats = maml.ppo_meta_step(policy, torch.optim.SGD(policy.parameters(), lr=lr), batch, INNER_LR,
+                               inner_loss="vpg", epochs=1, clip=None, inner_kl_coef=0.0)
+    step = flat(list(policy.parameters_dict().values())).detach() - flat(list(theta.values()))
+    assert torch.allclose(step, -lr * expected, atol=1e-12)
+    assert stats.grad_norm == pytest.approx(float(expected.norm()))
+
+
+def test_promp_meta_step_lowers_its_loss_and_reports_the_trust_regions():
+    policy = tiny_policy()
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    stats = maml.ppo_meta_step(policy, optimizer, batch, INNER_LR, inner_loss="lvc", epochs=5, clip=0.3, inner_kl_coef=5e-4)
+    assert stats.loss_after < stats.loss_before
+    assert stats.kl_after > 0 and stats.inner_kl > 0 and stats.epochs == 5
+    assert len(optimizer.state) > 0  # Adam moments, checkpointed with the run

@@ -110,3 +110,15 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_run_ar
     whole = [*with_iterations(tiny_run_args, done + 1), "eval.at_end=false", "run.name=whole"]
     assert main(["train", NAV, *whole, "--quiet"]) == 0
     assert strip(read_metrics(tmp_path / "s")) == strip(read_metrics(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("outer", ["promp", "adam"])
+def test_gradient_meta_updates_train_and_resume_exactly_with_their_optimizer_state(tmp_path, tiny_run_args, outer):
+    args = [*tiny_run_args, "eval.at_end=false", f"maml.outer={outer}", "maml.inner_loss=lvc"]
+    assert main(["train", NAV, *with_iterations(args, 4), "run.name=whole", "--quiet"]) == 0
+    assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["optimizer"]["state"]
+    assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0
+    whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
+    assert strip(parts) == strip(whole)
+    assert "inner_kl" in whole[0] and whole[0]["loss_after"] != whole[0]["loss_before"]
