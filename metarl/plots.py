@@ -93,3 +93,25 @@ def plot_runs(runs: list[dict[str, Any]], path: str | Path, title: str = "", win
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_adaptation_curves(results: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Return against adaptation steps for several methods (an oracle without steps is a line)."""
+    fig, ax = plt.subplots(figsize=(5, 3.8), dpi=100)
+    steps = sorted({s for r in results.values() for s in r["steps"]})
+    for index, (label, result) in enumerate(results.items()):
+        color = f"C{index % 10}"
+        if len(result["steps"]) == 1:
+            ax.axhline(result["mean_return"][0], color=color, ls="--", label=label)
+        else:
+            ax.errorbar(result["steps"], result["mean_return"], yerr=result["stderr"], marker="o", capsize=3,
+                        color=color, label=label)
+    ax.set_xticks(steps)
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""MAML against the paper's baselines (random, pretrained, oracle) on a trained run's env and protocol.
+
+    python experiments/baselines.py RUN_DIR [--timesteps 1000000] [--seed 0]
+
+RUN_DIR is a finished `metarl train` run (its eval.json is the MAML row). The baselines use the run's
+env, policy architecture and evaluation config (metarl/baselines.py): pretrained and oracle are
+stable-baselines3 PPO for --timesteps env steps each. Writes RUN_DIR/baselines.json, baselines.md
+(the paper-style table: return after 0..K steps, mean +- s.e. over the test tasks, and the fraction
+of the pretrained-to-oracle gap MAML closes after one step) and baselines.png.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from metarl import config as cfg
+from metarl.baselines import evaluate_policy, gap_closed, make_training_env, policy_from_ppo, train_ppo
+from metarl.plots import plot_adaptation_curves
+from metarl.policy import GaussianMLPPolicy
+from metarl.runtime import seed_everything
+
+
+def table(results: dict) -> str:
+    steps = max(len(r["steps"]) for r in results.values())
+    lines = ["| method | " + " | ".join(f"{k} steps" for k in range(steps)) + " |", "| --- " * (steps + 1) + "|"]
+    for name, r in results.items():
+        cells = [f"{m:.2f} ± {s:.2f}" for m, s in zip(r["mean_return"], r["stderr"])]
+        lines.append(f"| {name} | " + " | ".join(cells + [""] * (steps - len(cells))) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a finished metarl training run (with eval.json)")
+    parser.add_argument("--timesteps", type=int, default=1_000_000, help="PPO env steps for pretrained and oracle")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random init and of PPO")
+    parser.add_argument("--skip-oracle", action="store_true", help="for envs without an oracle option")
+    args = parser.parse_args()
+    if not (args.run_dir / "eval.json").is_file():
+        print(f"baselines: {args.run_dir} has no eval.json; run `metarl evaluate {args.run_dir}` first", file=sys.stderr)
+        return 2
+    config = cfg.load(args.run_dir / "config.yaml")
+    results = {"MAML": json.loads((args.run_dir / "eval.json").read_text())}
+    seed_everything(args.seed)
+    probe = make_training_env(config)
+    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+    probe.close()
+    random_policy = GaussianMLPPolicy(obs_dim, act_dim, tuple(config.policy.hidden_sizes), config.policy.nonlinearity,
+                                      config.policy.init_std)
+    results["random"] = evaluate_policy(config, random_policy)
+    results["pretrained"] = evaluate_policy(config, policy_from_ppo(train_ppo(config, args.timesteps, seed=args.seed), config))
+    if not args.skip_oracle:
+        oracle = train_ppo(config, args.timesteps, oracle=True, seed=args.seed)
+        results["oracle"] = evaluate_policy(config, policy_from_ppo(oracle, config), oracle=True)
+    text = table(results)
+    if "oracle" in results and len(results["MAML"]["mean_return"]) > 1:
+        fraction = gap_closed(results["MAML"]["mean_return"][1], results["pretrained"]["mean_return"][1],
+                              results["oracle"]["mean_return"][0])
+        text += f"\n\nMAML closes {fraction:.0%} of the pretrained-to-oracle gap after one step."
+    (args.run_dir / "baselines.json").write_text(json.dumps({"timesteps": args.timesteps, "seed": args.seed, **results}, indent=1))
+    (args.run_dir / "baselines.md").write_text(text + "\n")
+    plot_adaptation_curves(results, args.run_dir / "baselines.png", title=config.env.id)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The MAML paper's baselines, run through the same evaluation protocol as MAML.
+
+- **random**: a freshly initialised policy, adapted with the evaluation protocol.
+- **pretrained**: one policy trained with stable-baselines3 PPO on the whole task distribution (a new
+  task at every reset, no task information), same architecture as the MAML policy; its actor
+  weights are copied into metarl's policy, which is then adapted with the evaluation protocol.
+- **oracle**: PPO on the env with the task appended to the observation (``oracle=True``),
+  evaluated without adaptation.
+
+PPO acts in [-1, 1] (the env's actions are rescaled, as metarl's sampler does), so the copied
+actor means the same thing in both frameworks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from metarl import config as cfg
+from metarl.evaluate import evaluate, test_tasks
+from metarl.policy import GaussianMLPPolicy
+from metarl.train import make_sampler
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+class TaskDistribution(gym.Wrapper):
+    """Installs a new task from the env's own distribution at every reset (no task information)."""
+
+    def reset(self, **kwargs: Any):
+        if "seed" in kwargs and kwargs["seed"] is not None:
+            self.env.reset(seed=kwargs.pop("seed"))  # seeds the task sampler too
+        base = self.env.unwrapped
+        base.set_task(base.sample_tasks(1)[0])
+        return self.env.reset(**kwargs)
+
+
+def make_training_env(config: cfg.Config, oracle: bool = False) -> gym.Env:
+    """The task env for PPO: the run's kwargs and horizon, actions in [-1, 1], a task per episode."""
+    kwargs = dict(config.env.kwargs, **({"oracle": True} if oracle else {}))
+    horizon = config.sampler.horizon or gym.spec(config.env.id.rpartition(":")[2]).max_episode_steps
+    try:
+        env = gym.make(config.env.id, max_episode_steps=horizon, **kwargs)
+    except TypeError as exc:
+        if oracle:
+            raise cfg.ConfigError(f"{config.env.id} has no oracle option (an `oracle=True` kwarg): {exc}") from exc
+        raise
+    low, high = env.action_space.low, env.action_space.high
+    if (low != -1).any() or (high != 1).any():
+        ones = np.ones(env.action_space.shape, dtype=env.action_space.dtype)
+        env = gym.wrappers.RescaleAction(env, -ones, ones)
+    return TaskDistribution(env)
+
+
+def train_ppo(config: cfg.Config, timesteps: int, oracle: bool = False, seed: int = 0) -> Any:
+    """Stable-baselines3 PPO with the MAML policy's architecture (separate value network)."""
+    from stable_baselines3 import PPO
+
+    hidden = list(config.policy.hidden_sizes)
+    model = PPO(
+        "MlpPolicy",
+        make_training_env(config, oracle),
+        policy_kwargs={"net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": ACTIVATIONS[config.policy.nonlinearity],
+                       "log_std_init": float(torch.log(torch.tensor(config.policy.init_std)))},
+        gamma=config.maml.gamma,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    model.learn(total_timesteps=timesteps)
+    return model
+
+
+def policy_from_ppo(model: Any, config: cfg.Config) -> GaussianMLPPolicy:
+    """Copy a PPO actor (hidden layers, action mean layer, log-std) into metarl's policy."""
+    actor = model.policy
+    linears = [m for m in actor.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
+    obs_dim, act_dim = linears[0].in_features, actor.action_net.out_features
+    policy = GaussianMLPPolicy(obs_dim, act_dim, tuple(config.policy.hidden_sizes), config.policy.nonlinearity)
+    with torch.no_grad():
+        for ours, theirs in zip(policy.hidden, linears, strict=True):
+            ours.weight.copy_(theirs.weight)
+            ours.bias.copy_(theirs.bias)
+        policy.mean.weight.copy_(actor.action_net.weight)
+        policy.mean.bias.copy_(actor.action_net.bias)
+        policy.log_std.copy_(actor.log_std)
+    return policy
+
+
+def evaluate_policy(config: cfg.Config, policy: GaussianMLPPolicy, oracle: bool = False) -> dict[str, Any]:
+    """The evaluation protocol of ``config.eval`` (no adaptation for the oracle)."""
+    ev, maml = config.eval, config.maml
+    if oracle:
+        config = _with_oracle(config)
+    tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)
+    sampler = make_sampler(config, torch.device("cpu"), ev.seed)
+    result = evaluate(policy, sampler, tasks, 0 if oracle else ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task,
+                      maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget)
+    sampler.close()
+    return result
+
+
+def _with_oracle(config: cfg.Config) -> cfg.Config:
+    data = cfg.to_dict(config)
+    data["env"]["kwargs"] = {**data["env"]["kwargs"], "oracle": True}
+    return cfg.from_dict(data)
+
+
+def gap_closed(maml: float, pretrained: float, oracle: float) -> float:
+    """The fraction of the pretrained-to-oracle gap that MAML closes: ``(maml - pre) / (oracle - pre)``."""
+    return (maml - pretrained) / (oracle - pretrained)

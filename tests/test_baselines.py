@@ -1,0 +1,72 @@
+"""The paper's baselines: PPO's actor copied into metarl's policy, the task-distribution wrapper, the script."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metarl import config as cfg
+from metarl.baselines import TaskDistribution, gap_closed, make_training_env, policy_from_ppo, train_ppo
+from metarl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cheetah_config(**overrides):
+    items = [f"{k}={v}" for k, v in overrides.items()]
+    return cfg.load(ROOT / "experiments" / "halfcheetah_vel.yaml", ["policy.hidden_sizes=[8,8]", "sampler.horizon=10", *items])
+
+
+def test_ppo_actor_copied_into_the_policy_gives_the_same_distribution():
+    config = cheetah_config()
+    model = train_ppo(config, timesteps=64, seed=0)
+    policy = policy_from_ppo(model, config)
+    obs = torch.randn(5, 17)
+    with torch.no_grad():
+        theirs = model.policy.get_distribution(obs).distribution
+        mean, std = policy.mean_std(obs)
+    assert torch.allclose(mean, theirs.mean, atol=1e-6) and torch.allclose(std, theirs.stddev, atol=1e-6)
+
+
+def test_task_distribution_draws_a_task_per_episode_reproducibly():
+    tasks = []
+    for _ in range(2):
+        env = make_training_env(cheetah_config())
+        assert isinstance(env, TaskDistribution)
+        env.reset(seed=3)
+        drawn = [env.unwrapped.get_task()]
+        for _ in range(3):
+            env.reset()
+            drawn.append(env.unwrapped.get_task())
+        tasks.append(drawn)
+        env.close()
+    assert tasks[0] == tasks[1] and len(set(tasks[0])) == 4
+
+
+def test_navigation_actions_are_rescaled_for_ppo_and_it_has_no_oracle():
+    config = cfg.load(ROOT / "experiments" / "navigation2d.yaml")
+    env = make_training_env(config)
+    assert np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
+    with pytest.raises(cfg.ConfigError, match="has no oracle option"):
+        make_training_env(config, oracle=True)
+
+
+def test_gap_closed():
+    assert gap_closed(maml=-20.0, pretrained=-40.0, oracle=-10.0) == pytest.approx(2 / 3)
+
+
+def test_baselines_script_writes_the_table(tmp_path):
+    tiny = ["run.iterations=1", "maml.meta_batch_size=2", "sampler.episodes_per_task=2", "sampler.horizon=10",
+            "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2",
+            "eval.num_steps=1", f"run.output_dir={tmp_path}", "run.name=hc"]
+    assert main(["train", str(ROOT / "experiments" / "halfcheetah_vel.yaml"), *tiny, "--quiet"]) == 0
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"), "--timesteps", "64"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "hc" / "baselines.md").read_text()
+    for row in ("| MAML |", "| random |", "| pretrained |", "| oracle |", "pretrained-to-oracle gap"):
+        assert row in text
+    assert (tmp_path / "hc" / "baselines.png").is_file() and (tmp_path / "hc" / "baselines.json").is_file()
