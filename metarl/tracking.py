@@ -3,8 +3,8 @@
 Keys are namespaced and plotted against the meta-iteration: ``meta/`` (returns, KL, surrogate
 losses, line search, env steps), ``adapt/`` (returns after each further inner step), ``time/``
 (seconds per phase) and ``eval/`` (the adaptation curve of the test protocol, as a table and a
-line plot, and mp4s of a few test tasks before and after adaptation). The resolved config, the git commit and the package versions go into the run's
-config; checkpoints into a model artifact. Offline runs live in ``RUN_DIR/wandb`` and upload with
+line plot, and mp4s of a few test tasks before and after adaptation). The resolved config, the
+git commit and the package versions go into the run's config; checkpoints into a model artifact. Offline runs live in ``RUN_DIR/wandb`` and upload with
 ``wandb sync``.
 """
 
