@@ -111,7 +111,11 @@ class PPOConfig:
     clip: float = 0.3
     """PPO clipping of the post-adaptation likelihood ratio (promp)."""
     inner_kl_coef: float = 5e-4
-    """Weight of KL(old || new) on the pre-update episodes, ProMP's inner trust region (promp)."""
+    """Weight of KL(old || new) on the pre-update episodes, ProMP's inner trust region (promp);
+    the initial weight when inner_kl_target is set."""
+    inner_kl_target: float = 0.0
+    """0: a fixed weight. Otherwise adapt it after every meta-iteration, as ProMP can: halve it when
+    the pre-update KL is below target / 1.5, double it above target * 1.5."""
 
 
 @dataclass
@@ -204,7 +208,8 @@ POSITIVE = {
     "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "eval.num_tasks", "eval.episodes_per_task",
     "run.iterations", "run.checkpoint_every", "maml.baseline_ridge", "ppo.lr", "ppo.epochs", "ppo.clip",
 }
-NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group", "tracking.videos", "ppo.inner_kl_coef"}
+NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group", "tracking.videos", "ppo.inner_kl_coef",
+                "ppo.inner_kl_target"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
 SEEDS = {"run.seed", "eval.seed"}
 
@@ -221,7 +226,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against annotation ``tp``; ints are accepted for floats."""
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats, and so is text in
+    exponent notation without a dot (``1e-6``), which YAML 1.1 reads as a string."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         for option in typing.get_args(tp):
@@ -248,6 +254,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -390,6 +390,15 @@ class PPOStats:
     epochs: int
 
 
+def adapt_kl_coef(coef: float, inner_kl: float, target: float) -> float:
+    """ProMP's adaptive inner-KL weight: halve below ``target / 1.5``, double above ``target * 1.5``."""
+    if inner_kl < target / 1.5:
+        return coef / 2.0
+    if inner_kl > target * 1.5:
+        return coef * 2.0
+    return coef
+
+
 def ppo_meta_step(
     policy: GaussianMLPPolicy,
     optimizer: torch.optim.Optimizer,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from metarl import config as cfg
 from metarl.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from metarl.evaluate import evaluate, format_table, test_tasks
-from metarl.maml import MetaBatch, adapt, ppo_meta_step, trpo_meta_step
+from metarl.maml import MetaBatch, adapt, adapt_kl_coef, ppo_meta_step, trpo_meta_step
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
 from metarl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
@@ -56,6 +56,7 @@ class Components:
     task_env: gym.Env
     policy: GaussianMLPPolicy
     optimizer: torch.optim.Optimizer | None = None  # the promp and adam meta-updates'
+    inner_kl_coef: float = 0.0  # promp's current inner-KL weight (adapted when ppo.inner_kl_target is set)
 
 
 def make_sampler(config: cfg.Config, device: torch.device, seed: int) -> Sampler:
@@ -87,7 +88,7 @@ def build(config: cfg.Config) -> Components:
         config.policy.init_std,
     ).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr) if config.maml.outer != "trpo" else None
-    return Components(device, sampler, task_env, policy, optimizer)
+    return Components(device, sampler, task_env, policy, optimizer, config.ppo.inner_kl_coef)
 
 
 def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
@@ -137,9 +138,13 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         stats = ppo_meta_step(
             policy, parts.optimizer, batch, maml.inner_lr, first_order=maml.first_order, inner_loss=maml.inner_loss,
             epochs=ppo.epochs if promp else 1, clip=ppo.clip if promp else None,
-            inner_kl_coef=ppo.inner_kl_coef if promp else 0.0,
+            inner_kl_coef=parts.inner_kl_coef if promp else 0.0,
         )
         outer = {"line_search_step": 0, "step_accepted": True, "inner_kl": stats.inner_kl}
+        if promp:
+            outer["inner_kl_coef"] = parts.inner_kl_coef
+            if ppo.inner_kl_target:
+                parts.inner_kl_coef = adapt_kl_coef(parts.inner_kl_coef, stats.inner_kl, ppo.inner_kl_target)
     update_time = time.perf_counter() - update_start
     return {
         "pre_return": train_episodes[0].mean_return(),
@@ -182,6 +187,7 @@ def checkpoint_state(
         "task_sampler": parts.task_env.unwrapped.np_random.bit_generator.state,
         "tracking_id": tracking_id,
         "optimizer": None if parts.optimizer is None else parts.optimizer.state_dict(),
+        "inner_kl_coef": parts.inner_kl_coef,
     }
 
 
@@ -190,6 +196,7 @@ def restore_state(parts: Components, state: dict[str, Any]) -> None:
     parts.policy.load_state_dict(state["policy"])
     if parts.optimizer is not None and state.get("optimizer"):
         parts.optimizer.load_state_dict(state["optimizer"])
+    parts.inner_kl_coef = float(state.get("inner_kl_coef", parts.inner_kl_coef))
     set_rng_state(state["rng"])
     parts.sampler.load_state_dict(state["sampler"])
     parts.task_env.unwrapped.np_random.bit_generator.state = state["task_sampler"]

@@ -61,3 +61,10 @@ def test_bad_yaml_file_keys(tmp_path):
         cfg.load(path)
     with pytest.raises(cfg.ConfigError, match="not found"):
         cfg.load(tmp_path / "missing.yaml")
+
+
+def test_exponent_notation_without_a_dot_is_a_float():
+    config = cfg.load(None, ["ppo.inner_kl_target=1e-6", "trpo.cg_damping=2E-5"])
+    assert config.ppo.inner_kl_target == 1e-6 and config.trpo.cg_damping == 2e-5
+    with pytest.raises(cfg.ConfigError, match="ppo.lr: expected float"):
+        cfg.load(None, ["ppo.lr=fast"])

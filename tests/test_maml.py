@@ -288,3 +288,9 @@ def test_promp_meta_step_lowers_its_loss_and_reports_the_trust_regions():
     assert stats.loss_after < stats.loss_before
     assert stats.kl_after > 0 and stats.inner_kl > 0 and stats.epochs == 5
     assert len(optimizer.state) > 0  # Adam moments, checkpointed with the run
+
+
+def test_adaptive_inner_kl_coefficient():
+    assert maml.adapt_kl_coef(1e-3, inner_kl=0.001, target=0.01) == pytest.approx(5e-4)
+    assert maml.adapt_kl_coef(1e-3, inner_kl=0.02, target=0.01) == pytest.approx(2e-3)
+    assert maml.adapt_kl_coef(1e-3, inner_kl=0.01, target=0.01) == 1e-3

@@ -114,7 +114,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_run_ar
 
 @pytest.mark.parametrize("outer", ["promp", "adam"])
 def test_gradient_meta_updates_train_and_resume_exactly_with_their_optimizer_state(tmp_path, tiny_run_args, outer):
-    args = [*tiny_run_args, "eval.at_end=false", f"maml.outer={outer}", "maml.inner_loss=lvc"]
+    args = [*tiny_run_args, "eval.at_end=false", f"maml.outer={outer}", "maml.inner_loss=lvc", "ppo.inner_kl_target=1e-6"]
     assert main(["train", NAV, *with_iterations(args, 4), "run.name=whole", "--quiet"]) == 0
     assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["optimizer"]["state"]
@@ -122,3 +122,5 @@ def test_gradient_meta_updates_train_and_resume_exactly_with_their_optimizer_sta
     whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
     assert strip(parts) == strip(whole)
     assert "inner_kl" in whole[0] and whole[0]["loss_after"] != whole[0]["loss_before"]
+    if outer == "promp":  # the adaptive weight moved (its state resumes with the run, as the equality shows)
+        assert len({m["inner_kl_coef"] for m in whole}) > 1
