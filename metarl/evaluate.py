@@ -45,7 +45,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Adapt ``policy`` to each task for ``num_steps`` VPG steps and record returns after each.
 
-    Step ``k`` (0-based) uses ``step_sizes[min(k, len(step_sizes) - 1)]``.
+    Step ``k`` (0-based) uses ``step_sizes[min(k, len(step_sizes) - 1)]``. ``budget`` is the
+    sampler's ("episodes" or "steps"); ``on_step(k, params)`` sees the per-task parameters after
+    ``k`` steps (``metarl render`` keeps them).
 
     Returns:
         A JSON-ready dict: ``num_tasks``, ``steps`` (0..num_steps), ``mean_return`` and ``stderr``
