@@ -21,7 +21,7 @@ from metarl import config as cfg
 from metarl.checkpoint import load_checkpoint
 from metarl.evaluate import evaluate, test_tasks
 from metarl.policy import Params
-from metarl.train import CHECKPOINT, build, make_sampler
+from metarl.train import CHECKPOINT, build, load_run_config, make_sampler
 
 
 class RenderError(RuntimeError):
@@ -91,11 +91,9 @@ def render_run(
     import imageio
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = load_run_config(run_dir)
     if num_tasks < 1 or frames < 1:
         raise cfg.ConfigError(f"--tasks and --frames must be positive, got {num_tasks} and {frames}")
-    config = cfg.load(run_dir / "config.yaml")
     reason = rendering_unavailable(config.env.id, config.env.kwargs)
     if reason:
         raise RenderError(reason)

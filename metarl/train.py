@@ -240,19 +240,29 @@ def train(config: cfg.Config, quiet: bool = False) -> Path:
     return _train_loop(config, parts, run_dir, 0, -math.inf, [], quiet, Tracker(config, run_dir))
 
 
-def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> Path:
-    """Continue a run from ``RUN_DIR/checkpoints/last.pt``; on CPU the metrics are the same as an
-    uninterrupted run's. ``overrides`` may only touch :data:`RESUME_OVERRIDES` (e.g. more
-    ``run.iterations``). Metrics written after the checkpoint are dropped and recomputed."""
-    run_dir = Path(run_dir)
+def load_run_config(
+    run_dir: Path, overrides: list[str] | None = None, allowed: tuple[str, ...] = (), refusal: str = ""
+) -> cfg.Config:
+    """The resolved config of a run directory, with ``overrides`` restricted to the keys in
+    ``allowed`` (an entry ending in "." allows a whole section); ``refusal`` ends the error."""
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     for text in overrides or []:
         key = text.partition("=")[0]
-        if not key.startswith(RESUME_OVERRIDES):
-            raise cfg.ConfigError(f"{key}: a resumed run only accepts run.iterations, run.checkpoint_every and eval.* overrides")
-    config = cfg.load(config_path, overrides)
+        if not any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed):
+            raise cfg.ConfigError(f"{key}: {refusal}")
+    return cfg.load(config_path, overrides)
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> Path:
+    """Continue a run from ``RUN_DIR/checkpoints/last.pt``; on CPU the metrics are the same as an
+    uninterrupted run's. ``overrides`` may only touch :data:`RESUME_OVERRIDES` (e.g. more
+    ``run.iterations``). Metrics written after the checkpoint are dropped and recomputed."""
+    run_dir = Path(run_dir)
+    config = load_run_config(
+        run_dir, overrides, RESUME_OVERRIDES, "a resumed run only accepts run.iterations, run.checkpoint_every and eval.* overrides"
+    )
     state = load_checkpoint(run_dir / CHECKPOINT)
     start = int(state["iteration"])
     if start >= config.run.iterations:
@@ -264,7 +274,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     restore_state(parts, state)
     previous = [m for m in read_metrics(run_dir) if m["iteration"] < start]
     atomic_write_bytes(run_dir / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in previous).encode()))
-    cfg.dump(config, config_path)
+    cfg.dump(config, run_dir / "config.yaml")
     tracker = Tracker(config, run_dir, resume_id=state.get("tracking_id"))
     return _train_loop(config, parts, run_dir, start, float(state["best_post_return"]), previous, quiet, tracker)
 
@@ -368,14 +378,9 @@ def run_evaluation(config: cfg.Config, parts: Components, run_dir: Path) -> dict
 def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None, checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Re-run the evaluation of a finished (or checkpointed) run, with optional config overrides."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    for text in overrides or []:
-        key = text.partition("=")[0]
-        if not (key.startswith("eval.") or key == "run.device"):
-            raise cfg.ConfigError(f"{key}: evaluate only accepts eval.* and run.device overrides (the policy is fixed by the run)")
-    config = cfg.load(config_path, overrides)
+    config = load_run_config(
+        run_dir, overrides, ("eval.", "run.device"), "evaluate only accepts eval.* and run.device overrides (the policy is fixed by the run)"
+    )
     checkpoint = Path(checkpoint) if checkpoint else run_dir / CHECKPOINT
     parts = build(config)
     state = load_checkpoint(checkpoint, map_location=parts.device)
