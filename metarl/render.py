@@ -28,6 +28,14 @@ class RenderError(RuntimeError):
     """The env cannot be rendered here (no rgb_array mode, no GL backend, no mp4 writer)."""
 
 
+def _rendering_env(env_id: str, env_kwargs: dict[str, Any], size: tuple[int, int]) -> gym.Env:
+    """``env_id`` in rgb_array mode at ``size`` (width, height), or at its own size if it takes none."""
+    try:
+        return gym.make(env_id, render_mode="rgb_array", width=size[0], height=size[1], **env_kwargs)
+    except TypeError:
+        return gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+
+
 def rendering_unavailable(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str | None:
     """Why ``env_id`` cannot be rendered to frames here, or None when it can."""
     try:
@@ -40,13 +48,8 @@ def rendering_unavailable(env_id: str, env_kwargs: dict[str, Any] | None = None)
     if "rgb_array" not in modes:
         return f"{env_id} has no rgb_array render mode (its render modes: {modes or 'none'})"
     try:
-        env = gym.make(env_id, render_mode="rgb_array", width=64, height=64, **(env_kwargs or {}))
-    except TypeError:
-        try:
-            env = gym.make(env_id, render_mode="rgb_array", **(env_kwargs or {}))
-        except Exception as exc:  # noqa: BLE001 - any construction failure is the reason
-            return f"{env_id} cannot render rgb_array frames: {exc}"
-    except Exception as exc:  # noqa: BLE001
+        env = _rendering_env(env_id, env_kwargs or {}, (64, 64))
+    except Exception as exc:  # noqa: BLE001 - any construction failure is the reason
         return f"{env_id} cannot render rgb_array frames: {exc}"
     try:
         if "rgb_array" not in env.metadata.get("render_modes", []):
@@ -111,11 +114,7 @@ def render_run(
     action_map = lambda a: (center + scale * a).astype(np.float32)  # noqa: E731  (the policy acts in [-1, 1])
     out = Path(out_dir) if out_dir else run_dir / "videos"
     out.mkdir(parents=True, exist_ok=True)
-    width, height = size
-    try:
-        env = gym.make(config.env.id, render_mode="rgb_array", width=width, height=height, **config.env.kwargs)
-    except TypeError:
-        env = gym.make(config.env.id, render_mode="rgb_array", **config.env.kwargs)
+    env = _rendering_env(config.env.id, config.env.kwargs, size)
     written = []
     try:
         for i, task in enumerate(tasks):
