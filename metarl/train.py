@@ -202,9 +202,8 @@ def restore_state(parts: Components, state: dict[str, Any]) -> None:
     parts.task_env.unwrapped.np_random.bit_generator.state = state["task_sampler"]
 
 
-def write_metrics_csv(run_dir: Path) -> None:
-    """``metrics.csv``: ``metrics.jsonl`` as a table (lists as JSON text), for spreadsheets and pandas."""
-    metrics = read_metrics(run_dir)
+def write_metrics_csv(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
+    """``metrics.csv``: the lines of ``metrics.jsonl`` as a table (lists as JSON text), for spreadsheets and pandas."""
     columns = list(dict.fromkeys(key for m in metrics for key in m))
 
     def write(f: Any) -> None:
@@ -327,13 +326,14 @@ def _train_loop(
                 if done % config.run.checkpoint_every == 0 or done == config.run.iterations or stop["signum"]:
                     save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(config, parts, done, best_post_return, tracker.run_id))
                 if stop["signum"]:
-                    plot_training(read_metrics(run_dir), run_dir / "training.png", title=config.env.id)
-                    write_metrics_csv(run_dir)
+                    metrics = read_metrics(run_dir)
+                    plot_training(metrics, run_dir / "training.png", title=config.env.id)
+                    write_metrics_csv(run_dir, metrics)
                     parts.sampler.close()
                     raise TrainingInterrupted(run_dir, done, stop["signum"])
         metrics = read_metrics(run_dir)
         plot_training(metrics, run_dir / "training.png", title=config.env.id)
-        write_metrics_csv(run_dir)
+        write_metrics_csv(run_dir, metrics)
         say(f"trained {config.run.iterations} meta-iterations in {metrics[-1]['wall_time']:.0f} s")
         if config.eval.at_end:
             result = run_evaluation(config, parts, run_dir)
