@@ -63,20 +63,20 @@ class TaskEnv(gym.Env):
         self.set_task(task)
 
 
+def implements(env: gym.Env, name: str) -> bool:
+    """Whether ``env.unwrapped``'s class provides method ``name`` beyond :class:`TaskEnv`'s placeholder."""
+    method = getattr(type(env.unwrapped), name, None)
+    return callable(method) and method is not getattr(TaskEnv, name)
+
+
 def missing_protocol(env: gym.Env) -> list[str]:
     """What ``env.unwrapped`` lacks of the task protocol (empty when complete).
 
     Besides the three methods, vector envs need a settable ``task`` attribute to install one task
     per sub-env with ``set_attr``; :class:`TaskEnv` provides it as a property over ``set_task``.
     """
-    base = env.unwrapped
-
-    def provided(name: str) -> bool:
-        method = getattr(type(base), name, None)
-        return callable(method) and method is not getattr(TaskEnv, name)  # not TaskEnv's placeholder
-
-    missing = [name for name in TASK_PROTOCOL if not provided(name)]
-    task = getattr(type(base), "task", None)
+    missing = [name for name in TASK_PROTOCOL if not implements(env, name)]
+    task = getattr(type(env.unwrapped), "task", None)
     if not (isinstance(task, property) and task.fset is not None):
         missing.append("a settable `task` property (subclass envs.TaskEnv)")
     return missing

@@ -11,7 +11,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import envs  # noqa: F401  (registers the metarl/ task envs)
-from envs.base import TaskEnv, missing_protocol
+from envs.base import implements, missing_protocol
 from envs.batched import BatchedTaskSim
 from metarl.episodes import Episodes
 from metarl.policy import GaussianMLPPolicy, Params
@@ -41,8 +41,7 @@ def _within_step_budget(rounds: list[Episodes], limit: int) -> Episodes:
 
 def has_batched_simulator(env: gym.Env) -> bool:
     """Whether ``env`` offers a batched simulator (overrides ``TaskEnv.make_batched``)."""
-    method = getattr(type(env.unwrapped), "make_batched", None)
-    return callable(method) and method is not TaskEnv.make_batched
+    return implements(env, "make_batched")
 
 
 class TaskEnvError(ValueError):
