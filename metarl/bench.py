@@ -40,9 +40,8 @@ from mujoco import rollout
 import metarl.config as cfg
 from envs.batched import cpu_cores
 from envs.mujoco_batch import MujocoBatchSim
-from metarl.maml import MetaBatch, adapt, trpo_meta_step
-from metarl.policy import detach_params, expand_params
-from metarl.train import build, meta_iteration
+from metarl.maml import trpo_meta_step
+from metarl.train import build, collect_meta_batch, meta_iteration
 
 
 @dataclass(frozen=True)
@@ -149,15 +148,8 @@ def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float]:
     """Seconds of the meta-update (default groups, one group, task by task) and of a whole iteration."""
     parts = build(config)
     maml = config.maml
-    args = (maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages)
     tasks = parts.task_env.unwrapped.sample_tasks(maml.meta_batch_size)
-    params = detach_params(expand_params(parts.policy.parameters_dict(), len(tasks)))
-    train = parts.sampler.sample(parts.policy, params, tasks, config.sampler.episodes_per_task)
-    train.compute_advantages(*args)
-    adapted = detach_params(adapt(parts.policy, params, train, maml.inner_lr, first_order=True))
-    valid = parts.sampler.sample(parts.policy, adapted, tasks, config.sampler.episodes_per_task)
-    valid.compute_advantages(*args)
-    batch = MetaBatch([train], valid)
+    batch, _ = collect_meta_batch(config, parts, tasks)
     start_state = copy.deepcopy(parts.policy.state_dict())
 
     def update(tasks_per_group: int | None) -> Callable[[], Any]:

@@ -91,12 +91,14 @@ def build(config: cfg.Config) -> Components:
     return Components(device, sampler, task_env, policy, optimizer, config.ppo.inner_kl_coef)
 
 
-def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
-    """Sample a meta-batch, adapt, sample after adaptation, and take one TRPO meta-step."""
+def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) -> tuple[MetaBatch, dict[str, float]]:
+    """Sample ``tasks`` before each inner step, adapt, and sample after adaptation.
+
+    Returns the batch and seconds spent: ``time_sampling`` (all sampling), ``time_sampling_valid``
+    (the post-adaptation batch) and ``time_adapt`` (the inner steps).
+    """
     maml, sampler, policy = config.maml, parts.sampler, parts.policy
     advantage_args = (maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages)
-    tasks = parts.task_env.unwrapped.sample_tasks(maml.meta_batch_size)
-
     start = time.perf_counter()
     train_episodes = []
     adapt_time = 0.0
@@ -113,11 +115,20 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
     valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task, config.sampler.budget)
     valid.compute_advantages(*advantage_args)
     valid_time = time.perf_counter() - valid_start
-    sample_time = time.perf_counter() - start - adapt_time
+    times = {"time_sampling": time.perf_counter() - start - adapt_time, "time_sampling_valid": valid_time,
+             "time_adapt": adapt_time}
+    return MetaBatch(train_episodes, valid), times
+
+
+def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
+    """Sample a meta-batch, adapt, sample after adaptation, and take one meta-update."""
+    maml, policy = config.maml, parts.policy
+    tasks = parts.task_env.unwrapped.sample_tasks(maml.meta_batch_size)
+    batch, times = collect_meta_batch(config, parts, tasks)
+    train_episodes, valid = batch.train, batch.valid
 
     update_start = time.perf_counter()
     trpo, ppo = config.trpo, config.ppo
-    batch = MetaBatch(train_episodes, valid)
     if maml.outer == "trpo":
         stats = trpo_meta_step(
             policy,
@@ -156,9 +167,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         "grad_norm": stats.grad_norm,
         **outer,
         "env_steps": sum(e.num_steps for e in train_episodes) + valid.num_steps,
-        "time_sampling": sample_time,
-        "time_sampling_valid": valid_time,
-        "time_adapt": adapt_time,
+        **times,
         "time_update": update_time,
     }
 
