@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metarl import config as cfg
-from metarl.evaluate import evaluate, test_tasks
+from metarl.evaluate import evaluate_protocol, test_tasks
 from metarl.policy import GaussianMLPPolicy
 from metarl.train import make_sampler
 
@@ -93,13 +93,12 @@ def policy_from_ppo(model: Any, config: cfg.Config) -> GaussianMLPPolicy:
 
 def evaluate_policy(config: cfg.Config, policy: GaussianMLPPolicy, oracle: bool = False) -> dict[str, Any]:
     """The evaluation protocol of ``config.eval`` (no adaptation for the oracle)."""
-    ev, maml = config.eval, config.maml
+    ev = config.eval
     if oracle:
         config = _with_oracle(config)
     tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)
     sampler = make_sampler(config, torch.device("cpu"), ev.seed)
-    result = evaluate(policy, sampler, tasks, 0 if oracle else ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task,
-                      maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget)
+    result = evaluate_protocol(config, policy, sampler, tasks, num_steps=0 if oracle else None)
     sampler.close()
     return result
 

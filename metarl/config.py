@@ -70,8 +70,12 @@ class MAMLConfig:
     first_order: bool = False
     """Treat the inner gradient as a constant (FOMAML) instead of differentiating through it."""
     inner_loss: str = "vpg"
-    """vpg (REINFORCE) or lvc (ProMP's low-variance curvature): the same inner step, different
-    second-order meta-gradient."""
+    """vpg (REINFORCE on GAE advantages), lvc (ProMP's low-variance curvature: vpg's step, a less
+    biased second-order meta-gradient) or dice (DiCE: unbiased derivatives of the discounted return
+    in every order; its step uses gamma^t-weighted returns minus the baseline, not GAE)."""
+    meta_sgd: bool = False
+    """Meta-SGD: learn one inner step size per policy parameter entry (initialised at inner_lr)
+    together with the initialisation; evaluation then adapts with the learned step sizes."""
     outer: str = "trpo"
     """Meta-update: trpo (the paper's), promp (PPO-clipped objective with an inner KL penalty and
     several Adam epochs, section ppo) or adam (one Adam step on the meta-loss, ppo.lr)."""

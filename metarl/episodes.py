@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from metarl.returns import discounted_returns, gae, linear_feature_baseline, normalize_advantages
+from metarl.returns import dice_weights, discounted_returns, gae, linear_feature_baseline, normalize_advantages
 
 
 @dataclass
@@ -24,6 +24,8 @@ class Episodes:
         mask: ``[T, E, H]`` 1.0 for valid steps, 0.0 for padding after termination.
         tasks: the T tasks, in order.
         advantages: ``[T, E, H]``, filled in by :meth:`compute_advantages`.
+        dice_weights: ``[T, E, H]`` per-step weights of the DiCE inner loss
+            (:func:`metarl.returns.dice_weights`), filled in by :meth:`compute_advantages`.
     """
 
     observations: Tensor
@@ -32,6 +34,7 @@ class Episodes:
     mask: Tensor
     tasks: list[Any]
     advantages: Tensor | None = field(default=None)
+    dice_weights: Tensor | None = field(default=None)
 
     def __post_init__(self) -> None:
         num_tasks, num_episodes, horizon = self.rewards.shape
@@ -54,10 +57,12 @@ class Episodes:
 
     def task_slice(self, start: int, stop: int) -> Episodes:
         """The episodes of tasks ``start:stop`` (views, not copies)."""
-        advantages = None if self.advantages is None else self.advantages[start:stop]
+        def rows(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[start:stop]
+
         return Episodes(
             self.observations[start:stop], self.actions[start:stop], self.rewards[start:stop],
-            self.mask[start:stop], self.tasks[start:stop], advantages,
+            self.mask[start:stop], self.tasks[start:stop], rows(self.advantages), rows(self.dice_weights),
         )
 
     def episode_returns(self) -> Tensor:
@@ -81,11 +86,13 @@ class Episodes:
         return float(((self.episode_returns() * kept).sum() / kept.sum().clamp(min=1.0)).item())
 
     def compute_advantages(self, gamma: float, gae_lambda: float, ridge: float = 1e-5, normalize: bool = True) -> Tensor:
-        """GAE advantages against a per-task linear feature baseline, normalised per task."""
+        """GAE advantages against a per-task linear feature baseline, normalised per task (also
+        the DiCE weights against the same baseline, scaled per task when ``normalize``)."""
         returns = discounted_returns(self.rewards, self.mask, gamma)
         values = linear_feature_baseline(self.observations, returns, self.mask, ridge=ridge)
         advantages = gae(self.rewards, values, self.mask, gamma, gae_lambda)
         if normalize:
             advantages = normalize_advantages(advantages, self.mask)
         self.advantages = advantages
+        self.dice_weights = dice_weights(self.rewards, values, self.mask, gamma, normalize)
         return advantages

@@ -1,8 +1,8 @@
 """Meta-test evaluation with the MAML paper's protocol.
 
 From the meta-learned parameters, each of ``num_tasks`` held-out tasks (drawn from a fixed seed) is
-adapted with plain VPG steps on fresh episodes; the average episode return is recorded before each
-step. Reported: the mean over tasks after 0..num_steps steps, with its standard error.
+adapted with policy-gradient steps on fresh episodes (the run's inner loss, plain VPG by default);
+the average episode return is recorded before each step. Reported: the mean over tasks after 0..num_steps steps, with its standard error.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import gymnasium as gym
 import torch
 
 from envs.base import task_to_json
-from metarl.maml import adapt
+from metarl import config as cfg
+from metarl.maml import MetaSGDStepSizes, adapt
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_params
 from metarl.sampler import Sampler
 
@@ -42,10 +43,13 @@ def evaluate(
     normalize_advantages: bool = True,
     budget: str = "episodes",
     on_step: Callable[[int, Params], None] | None = None,
+    inner_loss: str = "vpg",
+    learned_step_sizes: Params | None = None,
 ) -> dict[str, Any]:
-    """Adapt ``policy`` to each task for ``num_steps`` VPG steps and record returns after each.
+    """Adapt ``policy`` to each task for ``num_steps`` inner steps and record returns after each.
 
-    Step ``k`` (0-based) uses ``step_sizes[min(k, len(step_sizes) - 1)]``. ``budget`` is the
+    Step ``k`` (0-based) uses ``step_sizes[min(k, len(step_sizes) - 1)]``, or Meta-SGD's
+    ``learned_step_sizes`` (per-parameter tensors) at every step when given. ``budget`` is the
     sampler's ("episodes" or "steps"); ``on_step(k, params)`` sees the per-task parameters after
     ``k`` steps (``metarl render`` keeps them).
 
@@ -65,10 +69,10 @@ def evaluate(
         per_task.append(episodes.task_mean_returns().cpu().double())
         if k == num_steps:
             break
-        step_size = step_sizes[min(k, len(step_sizes) - 1)]
-        used_step_sizes.append(step_size)
+        step_size = learned_step_sizes if learned_step_sizes is not None else step_sizes[min(k, len(step_sizes) - 1)]
+        used_step_sizes.append("learned" if learned_step_sizes is not None else step_size)
         episodes.compute_advantages(gamma, gae_lambda, baseline_ridge, normalize_advantages)
-        params = detach_params(adapt(policy, params, episodes, step_size, first_order=True))
+        params = detach_params(adapt(policy, params, episodes, step_size, first_order=True, inner_loss=inner_loss))
     means = [float(r.mean()) for r in per_task]
     stderrs = [float(r.std(unbiased=True)) / math.sqrt(num_tasks) if num_tasks > 1 else 0.0 for r in per_task]
     return {
@@ -82,6 +86,26 @@ def evaluate(
         "per_task_returns": [r.tolist() for r in per_task],
         "tasks": [task_to_json(t) for t in tasks],
     }
+
+
+def evaluate_protocol(
+    config: cfg.Config,
+    policy: GaussianMLPPolicy,
+    sampler: Sampler,
+    tasks: list[Any],
+    step_sizes: MetaSGDStepSizes | None = None,
+    num_steps: int | None = None,
+    on_step: Callable[[int, Params], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` with the protocol of ``config.eval`` and the run's inner loss and advantages;
+    ``step_sizes``: a Meta-SGD run's learned ones; ``num_steps`` overrides ``eval.num_steps``."""
+    ev, maml = config.eval, config.maml
+    learned = None if step_sizes is None else detach_params(step_sizes.as_params())
+    return evaluate(
+        policy, sampler, tasks, ev.num_steps if num_steps is None else num_steps, tuple(ev.step_sizes),
+        ev.episodes_per_task, maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
+        on_step, maml.inner_loss, learned,
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Normal
 
 from metarl.episodes import Episodes
@@ -80,15 +80,65 @@ def lvc_loss(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> T
     return -masked_mean(torch.exp(log_prob - log_prob.detach()) * _advantages(episodes), episodes.mask)
 
 
+def magic_box(x: Tensor) -> Tensor:
+    """DiCE's operator ``exp(x - stop_grad(x))``: 1 in value, ``d box(x) = box(x) dx`` in every order."""
+    return torch.exp(x - x.detach())
+
+
+def dice_loss(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> Tensor:
+    """DiCE loss per task, ``-sum_{e,t} m_t box(sum_{t' <= t} m_t' log pi_t') w_t / sum_t m_t``, ``[T]``.
+
+    ``w_t`` are :attr:`Episodes.dice_weights`, the discounted rewards adjusted by the baseline,
+    ``gamma^t (r_t + gamma b_{t+1} - b_t)``. The magic box of the cumulative log-probability makes
+    every derivative an unbiased estimate of the discounted return's (Foerster et al., 2018),
+    cross-time terms included: the Hessian that MAML's meta-gradient needs, at the price of more
+    variance than :func:`lvc_loss`. The gradient is ``-mean_t grad log pi_t gamma^t (G_t - b_t)``:
+    the inner step differs from VPG's (no GAE, the ``gamma^t`` factor, only scaled per task).
+    """
+    if episodes.dice_weights is None:
+        raise ValueError("episodes have no DiCE weights; call episodes.compute_advantages(...) first")
+    log_prob = log_probs(policy, params, episodes) * episodes.mask
+    return -masked_mean(magic_box(torch.cumsum(log_prob, dim=-1)) * episodes.dice_weights, episodes.mask)
+
+
 #: Inner-loop losses (``maml.inner_loss``).
-INNER_LOSSES = {"vpg": vpg_loss, "lvc": lvc_loss}
+INNER_LOSSES = {"vpg": vpg_loss, "lvc": lvc_loss, "dice": dice_loss}
+
+
+def check_inner_loss(inner_loss: str) -> None:
+    if inner_loss not in INNER_LOSSES:
+        raise ValueError(f"inner_loss must be one of {sorted(INNER_LOSSES)}, got {inner_loss!r}")
+
+
+#: An inner step size: one number (MAML) or one tensor per parameter, shaped like it (Meta-SGD).
+StepSize = float | Params
+
+
+class MetaSGDStepSizes(nn.Module):
+    """Meta-SGD's inner step sizes (Li et al., 2017): one learned value per entry of every policy
+    parameter, meta-trained together with the initialisation. The inner step becomes
+    ``theta - alpha * grad`` (elementwise); ``alpha`` starts at ``init`` everywhere and may change sign.
+    """
+
+    def __init__(self, params: Params, init: float):
+        super().__init__()
+        self.names = list(params)
+        self.alphas = nn.ParameterList(nn.Parameter(torch.full_like(p.detach(), init)) for p in params.values())
+
+    def as_params(self) -> Params:
+        """The step sizes keyed by parameter name (an :data:`StepSize`), trainable."""
+        return dict(zip(self.names, self.alphas))
+
+
+def _step_of(step_size: StepSize, name: str) -> float | Tensor:
+    return step_size[name] if isinstance(step_size, dict) else step_size
 
 
 def adapt(
     policy: GaussianMLPPolicy,
     params: Params,
     episodes: Episodes,
-    step_size: float,
+    step_size: StepSize,
     first_order: bool = False,
     inner_loss: str = "vpg",
 ) -> Params:
@@ -96,10 +146,12 @@ def adapt(
 
     Args:
         params: per-task parameters ``[T, ...]`` (use :func:`expand_params` on shared ones).
+        step_size: a number, or per-parameter tensors shaped like ``theta`` (Meta-SGD; shared by
+            the tasks, differentiable).
         first_order: if True the gradient is treated as a constant (FOMAML); otherwise the graph of
             the gradient is kept so that the result can be differentiated twice.
-        inner_loss: a key of :data:`INNER_LOSSES` (all give the same step; they differ in the
-            second-order meta-gradient).
+        inner_loss: a key of :data:`INNER_LOSSES` (vpg and lvc give the same step and differ in the
+            second-order meta-gradient; dice's step uses discounted returns instead of GAE).
     Returns:
         New per-task parameters; ``params`` is not modified.
     """
@@ -109,14 +161,14 @@ def adapt(
     with torch.enable_grad():
         loss = INNER_LOSSES[inner_loss](policy, params, episodes).sum()  # tasks are independent: sum = per-task grads
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-    return {name: p - step_size * g for (name, p), g in zip(params.items(), grads)}
+    return {name: p - _step_of(step_size, name) * g for (name, p), g in zip(params.items(), grads)}
 
 
 def adapt_steps(
     policy: GaussianMLPPolicy,
     theta: Params,
     train_episodes: list[Episodes],
-    step_size: float,
+    step_size: StepSize,
     first_order: bool = False,
     inner_loss: str = "vpg",
 ) -> Params:
@@ -166,13 +218,14 @@ def _meta_objective(
     policy: GaussianMLPPolicy,
     theta: Params,
     batch: MetaBatch,
-    step_size: float,
+    step_size: StepSize,
     first_order: bool,
     old: tuple[Tensor, Tensor, Tensor],
+    inner_loss: str = "vpg",
 ) -> tuple[Tensor, Tensor]:
     """Mean post-adaptation surrogate loss and mean KL(old || new) over tasks at ``theta``."""
     valid = batch.valid
-    params = adapt_steps(policy, theta, batch.train, step_size, first_order)
+    params = adapt_steps(policy, theta, batch.train, step_size, first_order, inner_loss)
     mean, std = policy_outputs(policy, params, valid)
     log_prob = _log_prob(mean, std, valid)
     old_mean, old_std, old_log_prob = old
@@ -185,10 +238,15 @@ class AdaptationJacobian:
     """The inner adaptation ``theta -> theta_K`` of T tasks, linearised at the current ``theta``.
 
     One step is ``theta_k = theta_{k-1} - alpha * g_k(theta_{k-1})``, so its Jacobian is
-    ``J_k = I - alpha * H_k``, with ``H_k`` the Hessian of task k's inner loss at ``theta_{k-1}``
-    (block diagonal over tasks, symmetric). ``J = J_K ... J_1``; products with ``J`` and ``J^T``
-    are chains of Hessian-vector products on the inner episodes, each one backward pass through
-    the inner gradients' graph, for all tasks at once. First order (FOMAML) has ``J = I``.
+    ``J_k = I - alpha H_k``, with ``H_k`` the Hessian of task k's inner loss at ``theta_{k-1}``
+    (block diagonal over tasks, symmetric; ``alpha`` a number or, for Meta-SGD, a diagonal).
+    ``J = J_K ... J_1``; products with ``J`` and ``J^T`` are chains of Hessian-vector products on
+    the inner episodes, each one backward pass through the inner gradients' graph, for all tasks at
+    once. First order (FOMAML) has ``J = I``.
+
+    With Meta-SGD the step sizes are meta-parameters too: ``d theta_k / d alpha = -diag(g_k)``, so
+    the tangents and cotangents gain an ``alpha`` part (after ``theta``'s, in the same order),
+    built from the inner gradients' values; still no third derivatives.
 
     Attributes:
         adapted: the adapted per-task parameters ``theta_K`` (``[T, ...]``, detached).
@@ -199,12 +257,15 @@ class AdaptationJacobian:
         policy: GaussianMLPPolicy,
         theta: Params,
         train: list[Episodes],
-        step_size: float,
+        step_size: StepSize,
         first_order: bool,
         inner_loss: str = "vpg",
     ):
-        self.step_size, self.num_tasks = step_size, train[0].num_tasks
-        self._steps: list[tuple[list[Tensor], tuple[Tensor, ...]]] = []
+        self.learned = isinstance(step_size, dict)
+        self.step_size = {k: v.detach() for k, v in step_size.items()} if self.learned else step_size
+        self.names, self.num_tasks, self.first_order = list(theta), train[0].num_tasks, first_order
+        self._hessians: list[tuple[list[Tensor], tuple[Tensor, ...]]] = []
+        self._gradients: list[list[Tensor]] = []  # inner gradients' values, for d theta_k / d alpha
         params = expand_params({name: p.detach() for name, p in theta.items()}, self.num_tasks)
         for episodes in train:
             leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
@@ -212,31 +273,43 @@ class AdaptationJacobian:
                 loss = INNER_LOSSES[inner_loss](policy, leaves, episodes).sum()
                 grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=not first_order)
             if not first_order:
-                self._steps.append((list(leaves.values()), grads))
-            params = {name: (p - step_size * g).detach() for (name, p), g in zip(leaves.items(), grads)}
+                self._hessians.append((list(leaves.values()), grads))
+            self._gradients.append([g.detach() for g in grads])
+            params = {name: (p - _step_of(self.step_size, name) * g).detach() for (name, p), g in zip(leaves.items(), grads)}
         self.adapted = params
 
-    def _step(self, k: int, vectors: list[Tensor]) -> list[Tensor]:
-        """``J_k w = w - alpha H_k w`` (also ``J_k^T w``: ``H_k`` is symmetric) for per-task ``w``."""
-        leaves, grads = self._steps[k]
-        hessian_w = torch.autograd.grad(
-            sum((g * w).sum() for g, w in zip(grads, vectors)), leaves, retain_graph=True
-        )
-        return [w - self.step_size * hw for w, hw in zip(vectors, hessian_w)]
+    def _scaled(self, vectors: list[Tensor]) -> list[Tensor]:
+        return [_step_of(self.step_size, name) * w for name, w in zip(self.names, vectors)]
+
+    def _hessian(self, k: int, vectors: list[Tensor]) -> list[Tensor]:
+        """``H_k w`` for per-task ``w``."""
+        leaves, grads = self._hessians[k]
+        return list(torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, vectors)), leaves, retain_graph=True))
 
     def jvp(self, vectors: list[Tensor]) -> list[Tensor]:
-        """``J v`` for a shared tangent ``v`` (shapes of ``theta``); returns per-task ``[T, ...]``."""
-        out = [v.unsqueeze(0).expand(self.num_tasks, *v.shape) for v in vectors]
-        for k in range(len(self._steps)):
-            out = self._step(k, out)
+        """``J v`` for a shared tangent ``v`` (shapes of ``theta``, then of ``alpha`` with Meta-SGD);
+        returns per-task ``[T, ...]`` tangents of ``theta_K``."""
+        count = len(self.names)
+        tangent_alpha = vectors[count:]
+        out = [v.unsqueeze(0).expand(self.num_tasks, *v.shape) for v in vectors[:count]]
+        for k in range(len(self._gradients)):
+            if not self.first_order:  # J_k w = w - alpha H_k w
+                out = [w - aw for w, aw in zip(out, self._scaled(self._hessian(k, out)))]
+            if self.learned:
+                out = [w - va * g for w, va, g in zip(out, tangent_alpha, self._gradients[k])]
         return out
 
     def vjp(self, cotangents: list[Tensor]) -> list[Tensor]:
-        """``J^T u`` for per-task ``u`` (``[T, ...]``), summed over tasks into the shapes of ``theta``."""
+        """``J^T u`` for per-task ``u`` (``[T, ...]``), summed over tasks into the shapes of ``theta``
+        (followed by those of ``alpha`` with Meta-SGD)."""
         out = list(cotangents)
-        for k in reversed(range(len(self._steps))):
-            out = self._step(k, out)
-        return [u.sum(0) for u in out]
+        alpha = [torch.zeros_like(u[0]) for u in out] if self.learned else []
+        for k in reversed(range(len(self._gradients))):
+            if self.learned:
+                alpha = [a - (g * u).sum(0) for a, g, u in zip(alpha, self._gradients[k], out)]
+            if not self.first_order:  # J_k^T u = u - H_k (alpha u)
+                out = [u - hu for u, hu in zip(out, self._hessian(k, self._scaled(out)))]
+        return [u.sum(0) for u in out] + alpha
 
 
 @dataclass
@@ -250,7 +323,7 @@ class _MetaProblem:
 
 
 def _meta_problem(
-    policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch, step_size: float, first_order: bool, inner_loss: str = "vpg"
+    policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch, step_size: StepSize, first_order: bool, inner_loss: str = "vpg"
 ) -> _MetaProblem:
     """Surrogate gradient and KL Hessian-vector product through the adaptation, at ``theta``.
 
@@ -258,7 +331,8 @@ def _meta_problem(
     Hessian of ``theta -> KL(theta_K(theta))`` is exactly ``J^T F J``, with ``F`` the Hessian of the
     KL in ``theta_K`` (the Fisher matrix of the post-adaptation policies on the validation episodes):
     no third derivatives are needed. The surrogate's gradient is ``J^T grad_{theta_K} L``. Both
-    are summed over tasks (the caller divides by the number of tasks).
+    are summed over tasks (the caller divides by the number of tasks). With Meta-SGD step sizes
+    the meta-parameters are ``theta`` then ``alpha``.
     """
     jacobian = AdaptationJacobian(policy, theta, batch.train, step_size, first_order, inner_loss)
     adapted = {name: p.requires_grad_() for name, p in jacobian.adapted.items()}
@@ -295,7 +369,7 @@ def default_tasks_per_group(batch: MetaBatch) -> int:
 def trpo_meta_step(
     policy: GaussianMLPPolicy,
     batch: MetaBatch,
-    inner_step_size: float,
+    inner_step_size: StepSize,
     first_order: bool = False,
     max_kl: float = 0.01,
     cg_iters: int = 10,
@@ -312,10 +386,10 @@ def trpo_meta_step(
     summed. The update is the same for any grouping (tested); only the speed differs. ``None``
     picks groups of about :data:`GROUP_STEPS` steps, whose activations stay in cache; ``metarl
     bench`` compares it with one group of all tasks and with task by task (as the reference
-    implementations compute it).
+    implementations compute it). Meta-SGD step sizes (a dict of the :class:`MetaSGDStepSizes`'
+    parameters) are updated in place with ``theta``, under the same KL bound.
     """
-    if inner_loss not in INNER_LOSSES:
-        raise ValueError(f"inner_loss must be one of {sorted(INNER_LOSSES)}, got {inner_loss!r}")
+    check_inner_loss(inner_loss)
     num_tasks = batch.num_tasks
     size = tasks_per_group or default_tasks_per_group(batch)
     if size < 1:
@@ -323,7 +397,7 @@ def trpo_meta_step(
     bounds = [(t, min(t + size, num_tasks)) for t in range(0, num_tasks, size)]
     groups = [batch.task_slice(start, stop) for start, stop in bounds] if len(bounds) > 1 else [batch]
     theta = policy.parameters_dict()
-    tensors = list(theta.values())
+    tensors = list(theta.values()) + (list(inner_step_size.values()) if isinstance(inner_step_size, dict) else [])
     problems = [_meta_problem(policy, theta, group, inner_step_size, first_order, inner_loss) for group in groups]
 
     def total(parts: list[list[Tensor]]) -> Tensor:
@@ -355,11 +429,11 @@ def trpo_meta_step(
                 offset += p.numel()
 
     def evaluate(fraction: float) -> tuple[float, float]:
-        set_flat(start - fraction * full_step)  # theta's tensors are the policy's parameters
+        set_flat(start - fraction * full_step)  # theta's (and alpha's) tensors are the modules' parameters
         with torch.no_grad():
             # The value of the adapted parameters does not depend on the order; first-order skips the graph.
             values = [
-                _meta_objective(policy, theta, group, inner_step_size, True, problem.old)
+                _meta_objective(policy, theta, group, inner_step_size, True, problem.old, inner_loss)
                 for group, problem in zip(groups, problems)
             ]
         return (
@@ -403,7 +477,7 @@ def ppo_meta_step(
     policy: GaussianMLPPolicy,
     optimizer: torch.optim.Optimizer,
     batch: MetaBatch,
-    inner_step_size: float,
+    inner_step_size: StepSize,
     first_order: bool = False,
     inner_loss: str = "lvc",
     epochs: int = 5,
@@ -416,10 +490,10 @@ def ppo_meta_step(
     ProMP (Rothfuss et al., 2019) is ``clip`` set (PPO's clipped ratio ``min(r A, clip(r, 1 +- clip) A)``
     against the sampling policy), the LVC inner loss and ``inner_kl_coef * KL(pi_old || pi_theta)`` on
     the pre-update episodes; plain meta-gradient descent is ``clip=None``, no penalty, one epoch.
-    Losses are means over tasks (of masked means over steps).
+    Losses are means over tasks (of masked means over steps). Meta-SGD step sizes are trained by
+    ``optimizer`` too when it holds them.
     """
-    if inner_loss not in INNER_LOSSES:
-        raise ValueError(f"inner_loss must be one of {sorted(INNER_LOSSES)}, got {inner_loss!r}")
+    check_inner_loss(inner_loss)
     theta = policy.parameters_dict()
     valid, pre = batch.valid, batch.train[0]
     with torch.no_grad():
@@ -450,7 +524,8 @@ def ppo_meta_step(
         total.backward()
         if epoch == 0:
             loss_before = float(loss.item())
-            grad_norm = float(flat([p.grad for p in theta.values()]).norm().item())
+            meta_params = [*theta.values(), *(inner_step_size.values() if isinstance(inner_step_size, dict) else [])]
+            grad_norm = float(flat([p.grad for p in meta_params]).norm().item())
         optimizer.step()
     with torch.no_grad():
         loss_after, kl_after, inner_kl = objective()

@@ -19,9 +19,9 @@ import torch
 
 from metarl import config as cfg
 from metarl.checkpoint import load_checkpoint
-from metarl.evaluate import evaluate, test_tasks
+from metarl.evaluate import evaluate_protocol, test_tasks
 from metarl.policy import Params
-from metarl.train import CHECKPOINT, build, load_run_config, make_sampler
+from metarl.train import CHECKPOINT, build, load_meta_parameters, load_run_config, make_sampler
 
 
 class RenderError(RuntimeError):
@@ -101,14 +101,13 @@ def render_run(
     if reason:
         raise RenderError(reason)
     parts = build(config)
-    parts.policy.load_state_dict(load_checkpoint(Path(checkpoint) if checkpoint else run_dir / CHECKPOINT, parts.device)["policy"])
-    ev, maml = config.eval, config.maml
+    load_meta_parameters(parts, load_checkpoint(Path(checkpoint) if checkpoint else run_dir / CHECKPOINT, parts.device))
+    ev = config.eval
     tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)[:num_tasks]
     kept: dict[int, Params] = {}
     sampler = make_sampler(config, parts.device, ev.seed)
-    evaluate(parts.policy, sampler, tasks, ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task, maml.gamma,
-             maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
-             on_step=lambda k, params: kept.__setitem__(k, params))
+    evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes,
+                      on_step=lambda k, params: kept.__setitem__(k, params))
     sampler.close()
     center, scale = sampler._action_center, sampler._action_scale
     action_map = lambda a: (center + scale * a).astype(np.float32)  # noqa: E731  (the policy acts in [-1, 1])

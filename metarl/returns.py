@@ -127,6 +127,15 @@ def linear_feature_baseline(
     return values.to(returns.dtype) * mask
 
 
+def _masked_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-task mean and population std over valid steps (all dims but the first), kept as dims."""
+    dims = tuple(range(1, values.dim()))
+    count = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (values * mask).sum(dim=dims, keepdim=True) / count
+    var = (((values - mean) * mask) ** 2).sum(dim=dims, keepdim=True) / count
+    return mean, var.sqrt()
+
+
 def normalize_advantages(advantages: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     """Standardise advantages per task over its valid steps: ``(A - mean) / (std + eps)``.
 
@@ -136,11 +145,38 @@ def normalize_advantages(advantages: Tensor, mask: Tensor, eps: float = 1e-8) ->
         Same shape, zero on padded steps. ``std`` is the population standard deviation.
     """
     _check_same_shape(advantages=advantages, mask=mask)
-    dims = tuple(range(1, advantages.dim()))
-    count = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)
-    mean = (advantages * mask).sum(dim=dims, keepdim=True) / count
-    var = (((advantages - mean) * mask) ** 2).sum(dim=dims, keepdim=True) / count
-    return (advantages - mean) / (var.sqrt() + eps) * mask
+    mean, std = _masked_moments(advantages, mask)
+    return (advantages - mean) / (std + eps) * mask
+
+
+def dice_weights(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, normalize: bool = False, eps: float = 1e-8
+) -> Tensor:
+    """Per-step weights of the DiCE objective with a baseline (Foerster et al., 2018; Mao et al., 2019).
+
+    ``w_t = m_t gamma^t (r_t + gamma m_{t+1} b_{t+1} - b_t)`` with ``b_H = 0`` (no bootstrap at the
+    horizon, as :func:`gae`). Their sum from ``t`` on telescopes to ``gamma^t (G_t - b_t)``, so
+    ``sum_t box(sum_{t' <= t} log pi_t') w_t`` is the discounted return minus ``b_0`` (a constant of
+    the start state) with every derivative of the return: the baseline lowers the variance
+    without biasing any order. ``normalize`` divides a task's weights by the std of its
+    ``G_t - b_t`` over valid steps: a positive constant per task (no mean is subtracted; that would
+    bias the objective where episodes terminate), which puts DiCE's inner step on the scale of
+    :func:`normalize_advantages`' VPG step.
+
+    Args:
+        rewards, values, mask: ``[T, ..., H]``; ``values`` are the baseline's ``b_t``.
+    Returns:
+        ``[T, ..., H]`` weights, zero on padded steps.
+    """
+    _check_same_shape(rewards=rewards, values=values, mask=mask)
+    values = values * mask
+    next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
+    discount = gamma ** torch.arange(rewards.shape[-1], dtype=rewards.dtype, device=rewards.device)
+    weights = discount * (rewards + gamma * next_values - values) * mask
+    if normalize:
+        _, std = _masked_moments(discounted_returns(rewards, mask, gamma) - values, mask)
+        weights = weights / (std + eps)
+    return weights
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

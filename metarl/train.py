@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from metarl import config as cfg
 from metarl.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from metarl.evaluate import evaluate, format_table, test_tasks
-from metarl.maml import MetaBatch, adapt, adapt_kl_coef, ppo_meta_step, trpo_meta_step
+from metarl.evaluate import evaluate_protocol, format_table, test_tasks
+from metarl.maml import MetaBatch, MetaSGDStepSizes, StepSize, adapt, adapt_kl_coef, ppo_meta_step, trpo_meta_step
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
 from metarl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
@@ -57,6 +57,11 @@ class Components:
     policy: GaussianMLPPolicy
     optimizer: torch.optim.Optimizer | None = None  # the promp and adam meta-updates'
     inner_kl_coef: float = 0.0  # promp's current inner-KL weight (adapted when ppo.inner_kl_target is set)
+    step_sizes: MetaSGDStepSizes | None = None  # maml.meta_sgd's learned inner step sizes
+
+    def inner_step_size(self, config: cfg.Config) -> StepSize:
+        """The inner step size: Meta-SGD's learned tensors, or ``maml.inner_lr``."""
+        return self.step_sizes.as_params() if self.step_sizes is not None else config.maml.inner_lr
 
 
 def make_sampler(config: cfg.Config, device: torch.device, seed: int) -> Sampler:
@@ -87,8 +92,10 @@ def build(config: cfg.Config) -> Components:
         config.policy.nonlinearity,
         config.policy.init_std,
     ).to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr) if config.maml.outer != "trpo" else None
-    return Components(device, sampler, task_env, policy, optimizer, config.ppo.inner_kl_coef)
+    step_sizes = MetaSGDStepSizes(policy.parameters_dict(), config.maml.inner_lr).to(device) if config.maml.meta_sgd else None
+    meta_parameters = [*policy.parameters(), *(step_sizes.parameters() if step_sizes is not None else [])]
+    optimizer = torch.optim.Adam(meta_parameters, lr=config.ppo.lr) if config.maml.outer != "trpo" else None
+    return Components(device, sampler, task_env, policy, optimizer, config.ppo.inner_kl_coef, step_sizes)
 
 
 def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) -> tuple[MetaBatch, dict[str, float]]:
@@ -103,13 +110,14 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
     train_episodes = []
     adapt_time = 0.0
     params = detach_params(expand_params(policy.parameters_dict(), len(tasks)))
+    step_size = parts.inner_step_size(config)
     for _ in range(maml.inner_steps):
         episodes = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task, config.sampler.budget)
         episodes.compute_advantages(*advantage_args)
         train_episodes.append(episodes)
         adapt_start = time.perf_counter()
         # Only the values are needed to sample after adaptation; the meta-update rebuilds the graph.
-        params = detach_params(adapt(policy, params, episodes, maml.inner_lr, first_order=True))
+        params = detach_params(adapt(policy, params, episodes, step_size, first_order=True, inner_loss=maml.inner_loss))
         adapt_time += time.perf_counter() - adapt_start
     valid_start = time.perf_counter()
     valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task, config.sampler.budget)
@@ -129,11 +137,12 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
 
     update_start = time.perf_counter()
     trpo, ppo = config.trpo, config.ppo
+    step_size = parts.inner_step_size(config)
     if maml.outer == "trpo":
         stats = trpo_meta_step(
             policy,
             batch,
-            maml.inner_lr,
+            step_size,
             first_order=maml.first_order,
             max_kl=trpo.max_kl,
             cg_iters=trpo.cg_iters,
@@ -147,7 +156,7 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
     else:
         promp = maml.outer == "promp"
         stats = ppo_meta_step(
-            policy, parts.optimizer, batch, maml.inner_lr, first_order=maml.first_order, inner_loss=maml.inner_loss,
+            policy, parts.optimizer, batch, step_size, first_order=maml.first_order, inner_loss=maml.inner_loss,
             epochs=ppo.epochs if promp else 1, clip=ppo.clip if promp else None,
             inner_kl_coef=parts.inner_kl_coef if promp else 0.0,
         )
@@ -157,6 +166,10 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
             if ppo.inner_kl_target:
                 parts.inner_kl_coef = adapt_kl_coef(parts.inner_kl_coef, stats.inner_kl, ppo.inner_kl_target)
     update_time = time.perf_counter() - update_start
+    if parts.step_sizes is not None:
+        alphas = torch.cat([a.detach().flatten() for a in parts.step_sizes.parameters()])
+        outer["inner_lr_mean"], outer["inner_lr_min"], outer["inner_lr_max"] = (
+            float(alphas.mean()), float(alphas.min()), float(alphas.max()))
     return {
         "pre_return": train_episodes[0].mean_return(),
         "post_return": valid.mean_return(),
@@ -197,12 +210,20 @@ def checkpoint_state(
         "tracking_id": tracking_id,
         "optimizer": None if parts.optimizer is None else parts.optimizer.state_dict(),
         "inner_kl_coef": parts.inner_kl_coef,
+        "step_sizes": None if parts.step_sizes is None else parts.step_sizes.state_dict(),
     }
+
+
+def load_meta_parameters(parts: Components, state: dict[str, Any]) -> None:
+    """The meta-learned parameters of a checkpoint: the policy and, with Meta-SGD, the step sizes."""
+    parts.policy.load_state_dict(state["policy"])
+    if parts.step_sizes is not None:
+        parts.step_sizes.load_state_dict(state["step_sizes"])
 
 
 def restore_state(parts: Components, state: dict[str, Any]) -> None:
     """Load what :func:`checkpoint_state` saved into freshly built components."""
-    parts.policy.load_state_dict(state["policy"])
+    load_meta_parameters(parts, state)
     if parts.optimizer is not None and state.get("optimizer"):
         parts.optimizer.load_state_dict(state["optimizer"])
     parts.inner_kl_coef = float(state.get("inner_kl_coef", parts.inner_kl_coef))
@@ -368,15 +389,12 @@ def _train_loop(
 
 def run_evaluation(config: cfg.Config, parts: Components, run_dir: Path) -> dict[str, Any]:
     """The paper protocol on ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run_dir``."""
-    ev, maml = config.eval, config.maml
+    ev = config.eval
     tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)
     # Its own sampler, seeded by eval.seed: the same checkpoint always gives the same eval.json.
     sampler = make_sampler(config, parts.device, ev.seed)
     start = time.perf_counter()
-    result = evaluate(
-        parts.policy, sampler, tasks, ev.num_steps, tuple(ev.step_sizes), ev.episodes_per_task,
-        maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
-    )
+    result = evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes)
     sampler.close()
     result = {"env": config.env.id, "eval_seed": ev.seed, **result, "time_s": time.perf_counter() - start}
     (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
@@ -393,7 +411,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None, checkp
     checkpoint = Path(checkpoint) if checkpoint else run_dir / CHECKPOINT
     parts = build(config)
     state = load_checkpoint(checkpoint, map_location=parts.device)
-    parts.policy.load_state_dict(state["policy"])
+    load_meta_parameters(parts, state)
     result = run_evaluation(config, parts, run_dir)
     parts.sampler.close()
     return result

@@ -237,17 +237,21 @@ def test_lvc_loss_matches_vpg_to_first_order_and_adds_the_score_outer_product_to
 
 
 @pytest.mark.parametrize("inner_steps", [1, 2])
-def test_structured_product_with_the_lvc_inner_loss_equals_double_backprop(inner_steps):
+@pytest.mark.parametrize("inner_loss", ["lvc", "dice"])
+def test_structured_product_with_other_inner_losses_equals_double_backprop(inner_steps, inner_loss):
     policy = tiny_policy()
     theta = policy.parameters_dict()
     batch = MetaBatch([synthetic_episodes(seed=s) for s in range(inner_steps)], synthetic_episodes(seed=10))
-    problem = maml._meta_problem(policy, theta, batch, INNER_LR, False, "lvc")
+    problem = maml._meta_problem(policy, theta, batch, INNER_LR, False, inner_loss)
     valid = batch.valid
-    params = adapt_steps(policy, theta, batch.train, INNER_LR, False, "lvc")
+    params = adapt_steps(policy, theta, batch.train, INNER_LR, False, inner_loss)
     mean, std = maml.policy_outputs(policy, params, valid)
     kl = (gaussian_kl(problem.old[0], problem.old[1], mean, std).reshape(valid.rewards.shape) * valid.mask).sum((1, 2))
     kl = (kl / valid.mask.sum((1, 2))).sum()
     reference = hessian_vector_product(kl, list(theta.values()))
+    loss = surrogate_loss(maml._log_prob(mean, std, valid), problem.old[2], valid.advantages, valid.mask).sum()
+    reference_grad = flat(torch.autograd.grad(loss, list(theta.values()), retain_graph=True))
+    assert torch.allclose(flat(problem.gradient), reference_grad, atol=1e-12)
     v = torch.randn(reference(torch.zeros(sum(p.numel() for p in theta.values()), dtype=torch.float64)).shape,
                     dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     vectors = [chunk.view_as(p) for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]), theta.values())]
@@ -261,7 +265,7 @@ def test_trpo_step_with_lvc_and_a_bad_inner_loss():
     stats = trpo_meta_step(tiny_policy(), batch, INNER_LR, max_kl=1e-3, inner_loss="lvc")
     assert stats.accepted and stats.loss_after < stats.loss_before
     with pytest.raises(ValueError, match="inner_loss must be one of"):
-        trpo_meta_step(tiny_policy(), batch, INNER_LR, inner_loss="dice")
+        trpo_meta_step(tiny_policy(), batch, INNER_LR, inner_loss="reinforce")
 
 
 def test_gradient_meta_step_follows_the_finite_difference_checked_meta_gradient():

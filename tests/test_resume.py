@@ -13,7 +13,7 @@ import torch
 import metarl.checkpoint as checkpoint
 from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.cli import main
-from metarl.train import BEST_CHECKPOINT, CHECKPOINT, read_metrics
+from metarl.train import BEST_CHECKPOINT, CHECKPOINT, evaluate_run, read_metrics
 
 NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
 TIMING_KEYS = {"time_sampling", "time_sampling_valid", "time_adapt", "time_update", "wall_time"}
@@ -124,3 +124,18 @@ def test_gradient_meta_updates_train_and_resume_exactly_with_their_optimizer_sta
     assert "inner_kl" in whole[0] and whole[0]["loss_after"] != whole[0]["loss_before"]
     if outer == "promp":  # the adaptive weight moved (its state resumes with the run, as the equality shows)
         assert len({m["inner_kl_coef"] for m in whole}) > 1
+
+
+@pytest.mark.parametrize("outer,inner_loss", [("trpo", "vpg"), ("promp", "dice")])
+def test_meta_sgd_learns_its_step_sizes_resumes_exactly_and_evaluates_with_them(tmp_path, tiny_run_args, outer, inner_loss):
+    args = [*tiny_run_args, "eval.at_end=false", "maml.meta_sgd=true", f"maml.outer={outer}", f"maml.inner_loss={inner_loss}"]
+    assert main(["train", NAV, *with_iterations(args, 4), "run.name=whole", "--quiet"]) == 0
+    assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0
+    whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
+    assert strip(parts) == strip(whole)
+    assert len({m["inner_lr_mean"] for m in whole}) == 4  # the step sizes move every iteration
+    alphas = torch.cat([a.flatten() for a in load_checkpoint(tmp_path / "whole" / CHECKPOINT)["step_sizes"].values()])
+    assert not torch.allclose(alphas, torch.full_like(alphas, 0.1))  # initialised at maml.inner_lr
+    result = evaluate_run(tmp_path / "whole")
+    assert result["step_sizes"] == ["learned"] * 2

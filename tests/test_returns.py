@@ -5,6 +5,7 @@ import torch
 
 from metarl.returns import (
     baseline_features,
+    dice_weights,
     discounted_returns,
     gae,
     linear_feature_baseline,
@@ -96,3 +97,17 @@ def test_masked_mean_per_task():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape mismatch"):
         discounted_returns(torch.zeros(2, 3), torch.zeros(2, 4), 0.9)
+
+
+def test_dice_weights_by_hand_telescope_to_discounted_advantages():
+    rewards = torch.tensor([[[1.0, 2.0, 3.0]]])
+    values = torch.tensor([[[0.5, 1.0, 1.5]]])
+    mask = torch.tensor([[[1.0, 1.0, 0.0]]])  # ended after 2 steps: b_2 and r_2 must not count
+    got = dice_weights(rewards, values, mask, gamma=0.5)
+    # w_0 = 1 * (1 + 0.5 * 1.0 - 0.5) = 1.0; w_1 = 0.5 * (2 + 0.5 * 0 - 1.0) = 0.5; w_2 = 0
+    assert torch.allclose(got, torch.tensor([[[1.0, 0.5, 0.0]]]))
+    # sum_{t' >= t} w_t' = gamma^t (G_t - b_t): G = [2, 2], so [1.5, 0.5 * 1.0]
+    to_go = got.flip(-1).cumsum(-1).flip(-1)
+    assert torch.allclose(to_go, torch.tensor([[[1.5, 0.5, 0.0]]]))
+    # normalised: divided by the std of G_t - b_t = [1.5, 1.0] over valid steps, 0.25
+    assert torch.allclose(dice_weights(rewards, values, mask, 0.5, normalize=True), torch.tensor([[[4.0, 2.0, 0.0]]]))

@@ -135,7 +135,9 @@ def test_plot_command_draws_several_runs(tmp_path, tiny_run_args, capsys):
     assert main(["plot", str(tmp_path / "missing")]) == 2
 
 
-def test_training_with_the_lvc_inner_loss(tmp_path, tiny_run_args):
-    assert main(["train", NAV, *tiny_run_args, "maml.inner_loss=lvc", "eval.at_end=false", "run.name=lvc", "--quiet"]) == 0
-    metrics = read_metrics(tmp_path / "lvc")
+@pytest.mark.parametrize("inner_loss", ["lvc", "dice"])
+def test_training_with_other_inner_losses(tmp_path, tiny_run_args, inner_loss):
+    assert main(["train", NAV, *tiny_run_args, f"maml.inner_loss={inner_loss}", "eval.at_end=false", "run.name=x", "--quiet"]) == 0
+    metrics = read_metrics(tmp_path / "x")
     assert len(metrics) == 2 and all(math.isfinite(m["loss_after"]) for m in metrics)
+    assert all(m["step_accepted"] for m in metrics)
