@@ -41,8 +41,14 @@ class BatchedTaskSim(ABC):
         """Install one task per environment (``len(tasks) == num_envs``); they persist across resets."""
 
     @abstractmethod
-    def reset(self, seed: int | None = None) -> Tensor:
-        """Start a new episode in every environment; returns observations ``[N, obs_dim]``."""
+    def reset(self, seed: int | None = None, env_offset: int = 0) -> Tensor:
+        """Start a new episode in every environment; returns observations ``[N, obs_dim]``.
+
+        ``env_offset``: give these N environments the initial states that environments
+        ``env_offset .. env_offset + N - 1`` of a larger batch reset with the same ``seed`` get.
+        A sampler split over workers (``sampler.backend=ray``) passes it, so that a shard of the
+        batch starts exactly where the whole batch would; it is only passed when non-zero.
+        """
 
     @abstractmethod
     def step(self, actions: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -68,7 +74,11 @@ def check_num_tasks(tasks: Sequence[Any], num_envs: int) -> list[Any]:
 
 
 def cpu_cores() -> int:
-    """The CPU cores this process may run on."""
+    """The CPU cores this process may run on, or ``$METARL_SIM_THREADS`` when set (a Ray rollout
+    worker sets it to the CPUs Ray reserved for it, so that workers sharing a machine do not
+    oversubscribe it)."""
+    if os.environ.get("METARL_SIM_THREADS"):
+        return max(1, int(os.environ["METARL_SIM_THREADS"]))
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -96,15 +96,19 @@ class MujocoBatchSim(BatchedTaskSim):
 
     # --- reset and step ----------------------------------------------------------------------
 
-    def reset(self, seed: int | None = None) -> Tensor:
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        env, n, scale = self.env, self.num_envs, self.env._reset_noise_scale
-        qpos = env.init_qpos + self._rng.uniform(-scale, scale, size=(n, self.nq))
+    def reset(self, seed: int | None = None, env_offset: int = 0) -> Tensor:
+        if seed is None:
+            seed = int(self._rng.integers(2**63 - 1))
+        # Separate streams for qpos and qvel, filled env by env: the first rows of a draw do not
+        # depend on how many rows are drawn, so a shard at env_offset draws the rows before it and
+        # keeps its own.
+        qpos_rng, qvel_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+        env, rows, scale = self.env, env_offset + self.num_envs, self.env._reset_noise_scale
+        qpos = env.init_qpos + qpos_rng.uniform(-scale, scale, size=(rows, self.nq))[env_offset:]
         if isinstance(env, (HalfCheetahEnv, AntEnv)):
-            qvel = env.init_qvel + scale * self._rng.standard_normal((n, self.nv))
+            qvel = env.init_qvel + scale * qvel_rng.standard_normal((rows, self.nv))[env_offset:]
         else:
-            qvel = env.init_qvel + self._rng.uniform(-scale, scale, size=(n, self.nv))
+            qvel = env.init_qvel + qvel_rng.uniform(-scale, scale, size=(rows, self.nv))[env_offset:]
         return self.reset_to(qpos, qvel)
 
     def reset_to(self, qpos: np.ndarray, qvel: np.ndarray) -> Tensor:

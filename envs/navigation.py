@@ -205,8 +205,8 @@ class Navigation2DTorchSim(BatchedTaskSim):
             raise TypeError("tasks must be GoalTasks with 2D goals")
         self._goals = torch.tensor([t.goal for t in goals], dtype=torch.float64, device=self.device)
 
-    def reset(self, seed: int | None = None) -> Tensor:
-        self._positions = torch.zeros_like(self._goals)
+    def reset(self, seed: int | None = None, env_offset: int = 0) -> Tensor:
+        self._positions = torch.zeros_like(self._goals)  # every episode starts at the origin
         return self._positions.float()
 
     def step(self, actions: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -13,6 +13,7 @@ import gymnasium as gym
 
 from metarl import bench
 from metarl import config as cfg
+from metarl.ray_sampler import SamplerWorkerError
 from metarl.sampler import TaskEnvError, import_task_module, registered_task_env_ids
 
 EXIT_BAD_INPUT = 2
@@ -61,6 +62,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stopped:
         print(f"metarl train: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
+    except SamplerWorkerError as exc:  # Ray backend: the message names the env and the tasks
+        print(f"metarl train: error: {exc}\nthe last checkpoint stays; resume with metarl train --resume RUN_DIR",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C: the iteration was abandoned, the previous checkpoint stays
         print("metarl train: stopped at once; resume from the last checkpoint with metarl train --resume RUN_DIR",
               file=sys.stderr)

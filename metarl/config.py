@@ -52,6 +52,9 @@ class SamplerConfig:
     vectorization: str = "auto"
     """auto (the env's batched simulator if any, else its vector entry point, else sync), batched,
     vector_entry_point, sync or async (gymnasium's AsyncVectorEnv: one process per sub-env)."""
+    backend: str = "local"
+    """local (this process) or ray (the tasks split over Ray rollout workers, each sampling its
+    share with `vectorization`; section ray). Both give the same episodes."""
     rescale_actions: bool = True
     """Policy acts in [-1, 1], mapped onto the env's action bounds (as in the MAML paper's rllab setup)."""
     budget: str = "episodes"
@@ -156,6 +159,20 @@ class RunConfig:
     """Write checkpoints/last.pt every this many iterations (and at the end)."""
 
 
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Ray cluster to join (e.g. 10.0.0.1:6379); null: $RAY_ADDRESS if set, else a local Ray on this machine."""
+    workers: int = 2
+    """Rollout workers (Ray actors); a meta-batch's tasks are split evenly over them."""
+    cpus_per_worker: float = 1.0
+    """CPUs Ray reserves per worker (fractions allowed); also the threads of its MuJoCo simulator."""
+    max_retries: int = 2
+    """Times per round a worker whose process died is replaced and its tasks re-run."""
+    timeout_s: float = 600.0
+    """Longest one round of episodes may take before sampling stops with an error naming the tasks."""
+
+
 TRACKING_MODES = ("offline", "online", "disabled")
 
 
@@ -194,6 +211,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # Choices and ranges checked after the types.
@@ -201,6 +219,7 @@ CHOICES = {
     "policy.nonlinearity": tuple(NONLINEARITIES),
     "sampler.vectorization": VECTORIZATION_MODES,
     "sampler.budget": SAMPLE_BUDGETS,
+    "sampler.backend": ("local", "ray"),
     "eval.budget": SAMPLE_BUDGETS,
     "tracking.mode": TRACKING_MODES,
     "maml.inner_loss": tuple(INNER_LOSSES),
@@ -211,9 +230,10 @@ POSITIVE = {
     "maml.inner_steps",
     "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "eval.num_tasks", "eval.episodes_per_task",
     "run.iterations", "run.checkpoint_every", "maml.baseline_ridge", "ppo.lr", "ppo.epochs", "ppo.clip",
+    "ray.workers", "ray.cpus_per_worker", "ray.timeout_s",
 }
 NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group", "tracking.videos", "ppo.inner_kl_coef",
-                "ppo.inner_kl_target"}
+                "ppo.inner_kl_target", "ray.max_retries"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
 SEEDS = {"run.seed", "eval.seed"}
 

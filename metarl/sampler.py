@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from torch import Tensor
 
 import envs  # noqa: F401  (registers the metarl/ task envs)
 from envs.base import implements, missing_protocol
@@ -37,6 +39,24 @@ def _within_step_budget(rounds: list[Episodes], limit: int) -> Episodes:
         cat("observations")[:, :width], cat("actions")[:, :width], (cat("rewards") * kept[..., None])[:, :width],
         (mask * kept[..., None])[:, :width], rounds[0].tasks,
     )
+
+
+#: Floats per 64 bytes: the policy's inputs are laid out so that every task's block starts on a
+#: 64-byte boundary (see :func:`aligned_rows`).
+_ALIGN_FLOATS = 16
+
+
+def aligned_rows(num_episodes: int, input_sizes: tuple[int, ...]) -> int:
+    """Rows per task for the sampler's policy forward: ``num_episodes`` rounded up so that each
+    task's block of every layer input (``rows * size`` floats) is a whole number of 64 bytes.
+
+    MKL's products round differently depending on where their input starts in memory (measured:
+    a 4-float shift changes the last bit). With aligned blocks, task ``t`` computes the same bits
+    whether it sits among all the tasks (local sampling) or in a shard of them (a Ray worker).
+    The padding rows are zeros whose outputs are dropped.
+    """
+    period = _ALIGN_FLOATS // math.gcd(_ALIGN_FLOATS, *input_sizes)
+    return -(-num_episodes // period) * period
 
 
 def has_batched_simulator(env: gym.Env) -> bool:
@@ -218,7 +238,8 @@ class Sampler:
 
         Args:
             policy: the policy module (its parameters are not used unless ``params`` is them).
-            params: shared parameters, or per-task parameters with a leading dim ``len(tasks)``.
+            params: shared parameters, or per-task parameters with a leading dim ``len(tasks)``;
+                None: the module's own.
             tasks: one task per row of the returned batch.
             budget: "episodes": exactly ``episodes_per_task`` episodes per task. "steps": whole
                 episodes, in order, until each task has ``episodes_per_task * horizon`` steps (the
@@ -243,6 +264,32 @@ class Sampler:
         return _within_step_budget(rounds, limit)
 
     def _sample_round(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
+        """One round: ``episodes_per_task`` episodes of every task, from this round's randomness."""
+        reset_seed, noise = self.draw_round(len(tasks), episodes_per_task)
+        return self.rollout(policy, params, tasks, episodes_per_task, reset_seed, noise)
+
+    def draw_round(self, num_tasks: int, episodes_per_task: int) -> tuple[int, Tensor]:
+        """A round's randomness: the reset seed of its envs and the action noise ``[H, T, E, act_dim]``."""
+        reset_seed = int(self._reset_seeds.integers(2**31 - 1))
+        shape = (self.horizon, num_tasks, episodes_per_task, self.act_dim)
+        return reset_seed, torch.randn(shape, generator=self._noise, device=self.device)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        policy: GaussianMLPPolicy,
+        params: Params,
+        tasks: list[Any],
+        episodes_per_task: int,
+        reset_seed: int,
+        noise: Tensor,
+        env_offset: int = 0,
+    ) -> Episodes:
+        """Run the episodes of one round with the given randomness (see :meth:`draw_round`).
+
+        ``env_offset``: these tasks' envs are envs ``env_offset..`` of a larger round (a shard of it
+        on a remote worker); their resets then match the whole round's.
+        """
         num_envs = len(tasks) * episodes_per_task
         sim = self._batched_sim(num_envs) if self.batched else None
         if sim is not None and sim.uses_cpu_threads and self.device.type == "cpu":
@@ -251,24 +298,32 @@ class Sampler:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                return self._sample(policy, params, tasks, episodes_per_task)
+                return self._rollout(policy, params, tasks, episodes_per_task, reset_seed, noise, env_offset)
             finally:
                 torch.set_num_threads(threads)
-        return self._sample(policy, params, tasks, episodes_per_task)
+        return self._rollout(policy, params, tasks, episodes_per_task, reset_seed, noise, env_offset)
 
-    def _sample(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
+    def _rollout(
+        self,
+        policy: GaussianMLPPolicy,
+        params: Params,
+        tasks: list[Any],
+        episodes_per_task: int,
+        reset_seed: int,
+        noise: Tensor,
+        env_offset: int,
+    ) -> Episodes:
         num_tasks, num_episodes, horizon = len(tasks), episodes_per_task, self.horizon
         num_envs = num_tasks * num_episodes
         env_tasks = [task for task in tasks for _ in range(num_episodes)]
-        reset_seed = int(self._reset_seeds.integers(2**31 - 1))
         if self.batched:
             sim = self._batched_sim(num_envs)
             sim.set_tasks(env_tasks)
-            obs = sim.reset(seed=reset_seed)
+            obs = sim.reset(seed=reset_seed, env_offset=env_offset) if env_offset else sim.reset(seed=reset_seed)
         else:
             vector_env = self._vector_env(num_envs)
             vector_env.set_attr("task", env_tasks)
-            obs, _ = vector_env.reset(seed=reset_seed)
+            obs, _ = vector_env.reset(seed=reset_seed + env_offset)  # sub-env i is seeded with seed + i
 
         shape = (num_tasks, num_episodes, horizon)
         observations = torch.zeros(*shape, self.obs_dim, device=self.device)
@@ -279,13 +334,22 @@ class Sampler:
         all_alive = True
         center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
         scale = torch.as_tensor(self._action_scale, dtype=torch.float32, device=self.device)
-        noise = torch.randn((horizon, num_tasks, num_episodes, self.act_dim), generator=self._noise, device=self.device)
+        noise = noise.to(self.device)
+        # One parameter set per task even when shared (a view): each task's forward is then its own
+        # [E, in] x [in, out] product whatever the batch holds, so a shard of the tasks (Ray workers)
+        # computes bit-identical actions; one [T*E, in] product can round differently with T.
+        own = policy.parameters_dict()
+        params = {name: p if p.dim() > own[name].dim() else p.expand(num_tasks, *p.shape) for name, p in (params or own).items()}
+        rows = aligned_rows(num_episodes, (self.obs_dim, *policy.hidden_sizes))
+        policy_input = torch.zeros(num_tasks, rows, self.obs_dim, device=self.device)
         for t in range(horizon):
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
             if not all_alive:  # what a finished sub-env returns is ignored, and must not become NaNs in the losses
                 obs_t = torch.where(alive[:, None], obs_t, 0.0)
             obs_t = obs_t.reshape(num_tasks, num_episodes, -1)
-            mean, std = policy.mean_std(obs_t, params)
+            policy_input[:, :num_episodes] = obs_t
+            mean, std = policy.mean_std(policy_input, params)
+            mean, std = mean[:, :num_episodes], std[:, :num_episodes]
             action = mean + std * noise[t]
             observations[:, :, t] = obs_t
             actions[:, :, t] = action

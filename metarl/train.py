@@ -65,15 +65,19 @@ class Components:
 
 
 def make_sampler(config: cfg.Config, device: torch.device, seed: int) -> Sampler:
-    return Sampler(
-        config.env.id,
-        config.env.kwargs,
-        horizon=config.sampler.horizon,
-        vectorization=config.sampler.vectorization,
-        device=device,
-        seed=seed,
-        rescale_actions=config.sampler.rescale_actions,
-    )
+    """The sampler of ``config.sampler`` (local, or on Ray workers: same episodes either way)."""
+    args = (config.env.id, config.env.kwargs, config.sampler.horizon, config.sampler.vectorization, device, seed,
+            config.sampler.rescale_actions)
+    if config.sampler.backend == "local":
+        return Sampler(*args)
+    from metarl.ray_sampler import RaySampler  # Ray is optional
+
+    ray = config.ray
+    try:
+        return RaySampler(*args, num_workers=ray.workers, cpus_per_worker=ray.cpus_per_worker, address=ray.address,
+                          max_retries=ray.max_retries, timeout_s=ray.timeout_s)
+    except (ImportError, ValueError) as exc:
+        raise cfg.ConfigError(str(exc)) from exc  # the message names the field
 
 
 def build(config: cfg.Config) -> Components:

@@ -86,6 +86,10 @@ def test_mujoco_batch_resets_within_the_envs_noise_and_is_seeded():
     assert not torch.equal(a, sim_a.reset())
     qpos_part = a[:, :8].numpy()
     assert np.all(np.abs(qpos_part - env.init_qpos[1:]) <= 0.1)
+    # a shard of the batch starts where the whole batch would (the Ray sampler's workers rely on it)
+    whole = sim_a.reset(seed=7)
+    assert torch.equal(env.make_batched(2).reset(seed=7, env_offset=3), whole[3:])
+    assert torch.equal(env.make_batched(3).reset(seed=7), whole[:3])
 
 
 def test_mujoco_batch_rejects_bad_tasks_and_actions():
