@@ -264,8 +264,8 @@ class RaySampler(Sampler):
                 pool.replace(k)
                 if retries >= self.max_retries:
                     raise SamplerWorkerError(
-                        f"{self.env_id}: the Ray worker sampling tasks {_describe(tasks[a:b])} died "
-                        f"and was replaced {retries} times this round (ray.max_retries={self.max_retries}): {exc}"
+                        f"{self.env_id}: the Ray worker sampling tasks {_describe(tasks[a:b])} died {retries + 1} "
+                        f"time(s) this round (ray.max_retries={self.max_retries}; replaced for the next round): {exc}"
                     ) from exc
                 retries += 1
                 pending[submit(k)] = k
