@@ -1,16 +1,21 @@
 """MAML against the paper's baselines (random, pretrained, oracle) on a trained run's env and protocol.
 
-    python experiments/baselines.py RUN_DIR [--timesteps 1000000] [--seed 0]
+    python experiments/baselines.py RUN_DIR [--timesteps 1000000] [--oracle-timesteps N] [--seed 0]
+                                    [--only random pretrained oracle]
 
 RUN_DIR is a finished `metarl train` run (its eval.json is the MAML row). The baselines use the run's
 env, policy architecture and evaluation config (metarl/baselines.py): pretrained and oracle are
-stable-baselines3 PPO for --timesteps env steps each. Writes RUN_DIR/baselines.json, baselines.md
-(the paper-style table: return after 0..K steps, mean +- s.e. over the test tasks, and the fraction
-of the pretrained-to-oracle gap MAML closes after one step) and baselines.png.
+stable-baselines3 PPO for --timesteps env steps each (--oracle-timesteps for the oracle, whose
+task-conditioned policy needs longer to become the upper bound). Writes RUN_DIR/baselines.json,
+baselines.md (the paper-style table: return after 0..K steps, mean +- s.e. over the test tasks, and
+the fraction of the pretrained-to-oracle gap MAML closes after one step) and baselines.png.
+--only computes some baselines and keeps the others found in baselines.json when it writes it
+(so `--only oracle` and `--only random pretrained` may run side by side).
 """
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +24,9 @@ from metarl.baselines import evaluate_policy, gap_closed, make_training_env, pol
 from metarl.plots import plot_adaptation_curves
 from metarl.policy import GaussianMLPPolicy
 from metarl.runtime import seed_everything
+
+
+METHODS = ("random", "pretrained", "oracle")
 
 
 def table(results: dict) -> str:
@@ -33,7 +41,10 @@ def table(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished metarl training run (with eval.json)")
-    parser.add_argument("--timesteps", type=int, default=1_000_000, help="PPO env steps for pretrained and oracle")
+    parser.add_argument("--timesteps", type=int, default=1_000_000, help="PPO env steps for pretrained (and oracle)")
+    parser.add_argument("--oracle-timesteps", type=int, help="PPO env steps for the oracle (default: --timesteps)")
+    parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="baselines to compute; the others are kept from baselines.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init and of PPO")
     parser.add_argument("--skip-oracle", action="store_true", help="for envs without an oracle option")
     args = parser.parse_args()
@@ -41,24 +52,38 @@ def main() -> int:
         print(f"baselines: {args.run_dir} has no eval.json; run `metarl evaluate {args.run_dir}` first", file=sys.stderr)
         return 2
     config = cfg.load(args.run_dir / "config.yaml")
+    oracle_timesteps = args.oracle_timesteps or args.timesteps
     results = {"MAML": json.loads((args.run_dir / "eval.json").read_text())}
     seed_everything(args.seed)
     probe = make_training_env(config)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     probe.close()
-    random_policy = GaussianMLPPolicy(obs_dim, act_dim, tuple(config.policy.hidden_sizes), config.policy.nonlinearity,
-                                      config.policy.init_std)
-    results["random"] = evaluate_policy(config, random_policy)
-    results["pretrained"] = evaluate_policy(config, policy_from_ppo(train_ppo(config, args.timesteps, seed=args.seed), config))
-    if not args.skip_oracle:
-        oracle = train_ppo(config, args.timesteps, oracle=True, seed=args.seed)
-        results["oracle"] = evaluate_policy(config, policy_from_ppo(oracle, config), oracle=True)
+    for method in args.only:
+        if method == "oracle" and args.skip_oracle:
+            continue
+        if method == "random":
+            policy = GaussianMLPPolicy(obs_dim, act_dim, tuple(config.policy.hidden_sizes), config.policy.nonlinearity,
+                                       config.policy.init_std)
+            results["random"] = {**evaluate_policy(config, policy), "seed": args.seed}
+        elif method == "pretrained":
+            ppo = train_ppo(config, args.timesteps, seed=args.seed)
+            results["pretrained"] = {**evaluate_policy(config, policy_from_ppo(ppo, config)), "timesteps": args.timesteps,
+                                     "seed": args.seed}
+        else:
+            ppo = train_ppo(config, oracle_timesteps, oracle=True, seed=args.seed)
+            results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),
+                                 "timesteps": oracle_timesteps, "seed": args.seed}
+    path = args.run_dir / "baselines.json"
+    kept = json.loads(path.read_text()) if path.is_file() else {}  # read now: another --only run may have written
+    results = {"MAML": results["MAML"], **{m: results.get(m, kept.get(m)) for m in METHODS if m in results or m in kept}}
     text = table(results)
-    if "oracle" in results and len(results["MAML"]["mean_return"]) > 1:
+    if "oracle" in results and "pretrained" in results and len(results["MAML"]["mean_return"]) > 1:
         fraction = gap_closed(results["MAML"]["mean_return"][1], results["pretrained"]["mean_return"][1],
                               results["oracle"]["mean_return"][0])
         text += f"\n\nMAML closes {fraction:.0%} of the pretrained-to-oracle gap after one step."
-    (args.run_dir / "baselines.json").write_text(json.dumps({"timesteps": args.timesteps, "seed": args.seed, **results}, indent=1))
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(results, indent=1))
+    temporary.replace(path)
     (args.run_dir / "baselines.md").write_text(text + "\n")
     plot_adaptation_curves(results, args.run_dir / "baselines.png", title=config.env.id)
     print(text)

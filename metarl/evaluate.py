@@ -2,7 +2,8 @@
 
 From the meta-learned parameters, each of ``num_tasks`` held-out tasks (drawn from a fixed seed) is
 adapted with policy-gradient steps on fresh episodes (the run's inner loss, plain VPG by default);
-the average episode return is recorded before each step. Reported: the mean over tasks after 0..num_steps steps, with its standard error.
+the average episode return is recorded before each step. Reported: the mean over tasks after
+0..num_steps steps, with its standard error.
 """
 
 from __future__ import annotations

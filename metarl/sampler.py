@@ -335,9 +335,10 @@ class Sampler:
         center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
         scale = torch.as_tensor(self._action_scale, dtype=torch.float32, device=self.device)
         noise = noise.to(self.device)
-        # One parameter set per task even when shared (a view): each task's forward is then its own
-        # [E, in] x [in, out] product whatever the batch holds, so a shard of the tasks (Ray workers)
-        # computes bit-identical actions; one [T*E, in] product can round differently with T.
+        # One parameter set per task even when shared (a view), and each task's rows of the input
+        # padded to whole 64-byte blocks: every task's forward is then its own product on an
+        # aligned input, whatever else the batch holds, so a shard of the tasks (a Ray worker)
+        # computes bit-identical actions (see aligned_rows).
         own = policy.parameters_dict()
         params = {name: p if p.dim() > own[name].dim() else p.expand(num_tasks, *p.shape) for name, p in (params or own).items()}
         rows = aligned_rows(num_episodes, (self.obs_dim, *policy.hidden_sizes))

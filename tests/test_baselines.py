@@ -1,5 +1,6 @@
 """The paper's baselines: PPO's actor copied into metarl's policy, the task-distribution wrapper, the script."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,13 @@ def test_baselines_script_writes_the_table(tmp_path):
     for row in ("| MAML |", "| random |", "| pretrained |", "| oracle |", "pretrained-to-oracle gap"):
         assert row in text
     assert (tmp_path / "hc" / "baselines.png").is_file() and (tmp_path / "hc" / "baselines.json").is_file()
+    first = json.loads((tmp_path / "hc" / "baselines.json").read_text())
+    assert first["oracle"]["timesteps"] == first["pretrained"]["timesteps"] == 64
+    # --only recomputes the oracle (longer) and keeps the others
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"), "--only", "oracle",
+                           "--oracle-timesteps", "128"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads((tmp_path / "hc" / "baselines.json").read_text())
+    assert second["oracle"]["timesteps"] == 128 and second["pretrained"] == first["pretrained"]
+    assert second["random"] == first["random"]
+    assert "pretrained-to-oracle gap" in (tmp_path / "hc" / "baselines.md").read_text()
