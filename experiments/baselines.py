@@ -3,7 +3,8 @@
     python experiments/baselines.py RUN_DIR [--timesteps 1000000] [--oracle-timesteps N] [--seed 0]
                                     [--only random pretrained oracle]
 
-RUN_DIR is a finished `metarl train` run (its eval.json is the MAML row). The baselines use the run's
+RUN_DIR is a `metarl train` run (its eval.json is the MAML row; a baseline may start before the
+run has finished, the table then gains the MAML row from whichever baseline writes last). The baselines use the run's
 env, policy architecture and evaluation config (metarl/baselines.py): pretrained and oracle are
 stable-baselines3 PPO for --timesteps env steps each (--oracle-timesteps for the oracle, whose
 task-conditioned policy needs longer to become the upper bound). Writes RUN_DIR/baselines.json,
@@ -48,12 +49,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init and of PPO")
     parser.add_argument("--skip-oracle", action="store_true", help="for envs without an oracle option")
     args = parser.parse_args()
-    if not (args.run_dir / "eval.json").is_file():
-        print(f"baselines: {args.run_dir} has no eval.json; run `metarl evaluate {args.run_dir}` first", file=sys.stderr)
+    if not (args.run_dir / "config.yaml").is_file():
+        print(f"baselines: {args.run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
         return 2
     config = cfg.load(args.run_dir / "config.yaml")
     oracle_timesteps = args.oracle_timesteps or args.timesteps
-    results = {"MAML": json.loads((args.run_dir / "eval.json").read_text())}
+    results = {}
     seed_everything(args.seed)
     probe = make_training_env(config)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
@@ -73,11 +74,16 @@ def main() -> int:
             ppo = train_ppo(config, oracle_timesteps, oracle=True, seed=args.seed)
             results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),
                                  "timesteps": oracle_timesteps, "seed": args.seed}
-    path = args.run_dir / "baselines.json"
-    kept = json.loads(path.read_text()) if path.is_file() else {}  # read now: another --only run may have written
-    results = {"MAML": results["MAML"], **{m: results.get(m, kept.get(m)) for m in METHODS if m in results or m in kept}}
+    # Read now: the MAML run or another --only run may have written since the start.
+    path, maml_path = args.run_dir / "baselines.json", args.run_dir / "eval.json"
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    maml = {"MAML": json.loads(maml_path.read_text())} if maml_path.is_file() else {}
+    results = {**maml, **{m: results.get(m, kept.get(m)) for m in METHODS if m in results or m in kept}}
+    if not maml:
+        print(f"baselines: {maml_path} is not there yet: the table has no MAML row (run `metarl evaluate {args.run_dir}`"
+              " and any baseline again to add it)", file=sys.stderr)
     text = table(results)
-    if "oracle" in results and "pretrained" in results and len(results["MAML"]["mean_return"]) > 1:
+    if maml and "oracle" in results and "pretrained" in results and len(results["MAML"]["mean_return"]) > 1:
         fraction = gap_closed(results["MAML"]["mean_return"][1], results["pretrained"]["mean_return"][1],
                               results["oracle"]["mean_return"][0])
         text += f"\n\nMAML closes {fraction:.0%} of the pretrained-to-oracle gap after one step."
