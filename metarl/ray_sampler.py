@@ -146,7 +146,8 @@ class RaySampler(Sampler):
         if num_workers < 1:
             raise ValueError(f"ray.workers must be >= 1, got {num_workers}")
         super().__init__(env_id, env_kwargs, horizon, vectorization, device, seed, rescale_actions)
-        self._factory_close()  # the driver never simulates
+        self._close_factory()  # the driver never simulates
+        self.batched = False
         global _STARTED_RAY
         self._ray = ray
         if not ray.is_initialized():
@@ -171,12 +172,6 @@ class RaySampler(Sampler):
         #: Seconds of the last round not spent in the slowest worker's rollout: drawing and shipping
         #: the noise, scheduling, returning and concatenating the episodes.
         self.last_round_overhead_s = 0.0
-
-    def _factory_close(self) -> None:
-        if self._factory is not None:
-            self._factory.close()
-            self._factory = None
-        self.batched = False
 
     @property
     def mode(self) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -290,86 +292,82 @@ class Sampler:
         ``env_offset``: these tasks' envs are envs ``env_offset..`` of a larger round (a shard of it
         on a remote worker); their resets then match the whole round's.
         """
-        num_envs = len(tasks) * episodes_per_task
-        sim = self._batched_sim(num_envs) if self.batched else None
-        if sim is not None and sim.uses_cpu_threads and self.device.type == "cpu":
-            # torch's idle threads spin and slow the simulator's pool down; a one-thread policy
-            # forward for a few hundred envs costs less than that.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                return self._rollout(policy, params, tasks, episodes_per_task, reset_seed, noise, env_offset)
-            finally:
-                torch.set_num_threads(threads)
-        return self._rollout(policy, params, tasks, episodes_per_task, reset_seed, noise, env_offset)
-
-    def _rollout(
-        self,
-        policy: GaussianMLPPolicy,
-        params: Params,
-        tasks: list[Any],
-        episodes_per_task: int,
-        reset_seed: int,
-        noise: Tensor,
-        env_offset: int,
-    ) -> Episodes:
         num_tasks, num_episodes, horizon = len(tasks), episodes_per_task, self.horizon
         num_envs = num_tasks * num_episodes
-        env_tasks = [task for task in tasks for _ in range(num_episodes)]
-        if self.batched:
-            sim = self._batched_sim(num_envs)
-            sim.set_tasks(env_tasks)
-            obs = sim.reset(seed=reset_seed, env_offset=env_offset) if env_offset else sim.reset(seed=reset_seed)
-        else:
-            vector_env = self._vector_env(num_envs)
-            vector_env.set_attr("task", env_tasks)
-            obs, _ = vector_env.reset(seed=reset_seed + env_offset)  # sub-env i is seeded with seed + i
-
-        shape = (num_tasks, num_episodes, horizon)
-        observations = torch.zeros(*shape, self.obs_dim, device=self.device)
-        actions = torch.zeros(*shape, self.act_dim, device=self.device)
-        rewards = torch.zeros(shape, device=self.device)
-        mask = torch.zeros(shape, device=self.device)
-        alive = torch.ones(num_envs, dtype=torch.bool, device=self.device)
-        all_alive = True
-        center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
-        scale = torch.as_tensor(self._action_scale, dtype=torch.float32, device=self.device)
-        noise = noise.to(self.device)
-        # One parameter set per task even when shared (a view), and each task's rows of the input
-        # padded to whole 64-byte blocks: every task's forward is then its own product on an
-        # aligned input, whatever else the batch holds, so a shard of the tasks (a Ray worker)
-        # computes bit-identical actions (see aligned_rows).
-        own = policy.parameters_dict()
-        params = {name: p if p.dim() > own[name].dim() else p.expand(num_tasks, *p.shape) for name, p in (params or own).items()}
-        rows = aligned_rows(num_episodes, (self.obs_dim, *policy.hidden_sizes))
-        policy_input = torch.zeros(num_tasks, rows, self.obs_dim, device=self.device)
-        for t in range(horizon):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            if not all_alive:  # what a finished sub-env returns is ignored, and must not become NaNs in the losses
-                obs_t = torch.where(alive[:, None], obs_t, 0.0)
-            obs_t = obs_t.reshape(num_tasks, num_episodes, -1)
-            policy_input[:, :num_episodes] = obs_t
-            mean, std = policy.mean_std(policy_input, params)
-            mean, std = mean[:, :num_episodes], std[:, :num_episodes]
-            action = mean + std * noise[t]
-            observations[:, :, t] = obs_t
-            actions[:, :, t] = action
-            mask[:, :, t] = alive.reshape(num_tasks, num_episodes)
-            env_action = center + scale * action.reshape(num_envs, -1)
+        with self._policy_threads(num_envs):
+            env_tasks = [task for task in tasks for _ in range(num_episodes)]
             if self.batched:
-                obs, reward, terminated = sim.step(env_action, alive)
+                sim = self._batched_sim(num_envs)
+                sim.set_tasks(env_tasks)
+                obs = sim.reset(seed=reset_seed, env_offset=env_offset) if env_offset else sim.reset(seed=reset_seed)
             else:
-                obs, reward, terminated, truncated, _ = vector_env.step(env_action.cpu().numpy().astype(self.action_space.dtype))
-                reward, terminated = torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated | truncated, device=self.device)
-            reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
-            rewards[:, :, t] = (reward if all_alive else torch.where(alive, reward, 0.0)).reshape(num_tasks, num_episodes)
-            terminated = terminated.to(self.device)
-            if terminated.any():
-                alive &= ~terminated
-                all_alive = False
-                if not alive.any():
-                    break
-        return Episodes(observations, actions, rewards, mask, list(tasks))
+                vector_env = self._vector_env(num_envs)
+                vector_env.set_attr("task", env_tasks)
+                obs, _ = vector_env.reset(seed=reset_seed + env_offset)  # sub-env i is seeded with seed + i
+
+            shape = (num_tasks, num_episodes, horizon)
+            observations = torch.zeros(*shape, self.obs_dim, device=self.device)
+            actions = torch.zeros(*shape, self.act_dim, device=self.device)
+            rewards = torch.zeros(shape, device=self.device)
+            mask = torch.zeros(shape, device=self.device)
+            alive = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+            all_alive = True
+            center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
+            scale = torch.as_tensor(self._action_scale, dtype=torch.float32, device=self.device)
+            noise = noise.to(self.device)
+            # One parameter set per task even when shared (a view), and each task's rows of the input
+            # padded to whole 64-byte blocks: every task's forward is then its own product on an
+            # aligned input, whatever else the batch holds, so a shard of the tasks (a Ray worker)
+            # computes bit-identical actions (see aligned_rows).
+            own = policy.parameters_dict()
+            params = {name: p if p.dim() > own[name].dim() else p.expand(num_tasks, *p.shape)
+                      for name, p in (params or own).items()}
+            rows = aligned_rows(num_episodes, (self.obs_dim, *policy.hidden_sizes))
+            policy_input = torch.zeros(num_tasks, rows, self.obs_dim, device=self.device)
+            for t in range(horizon):
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+                if not all_alive:  # what a finished sub-env returns is ignored, and must not become NaNs in the losses
+                    obs_t = torch.where(alive[:, None], obs_t, 0.0)
+                obs_t = obs_t.reshape(num_tasks, num_episodes, -1)
+                policy_input[:, :num_episodes] = obs_t
+                mean, std = policy.mean_std(policy_input, params)
+                mean, std = mean[:, :num_episodes], std[:, :num_episodes]
+                action = mean + std * noise[t]
+                observations[:, :, t] = obs_t
+                actions[:, :, t] = action
+                mask[:, :, t] = alive.reshape(num_tasks, num_episodes)
+                env_action = center + scale * action.reshape(num_envs, -1)
+                if self.batched:
+                    obs, reward, terminated = sim.step(env_action, alive)
+                else:
+                    env_action = env_action.cpu().numpy().astype(self.action_space.dtype)
+                    obs, reward, terminated, truncated, _ = vector_env.step(env_action)
+                    terminated = torch.as_tensor(terminated | truncated, device=self.device)
+                reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
+                rewards[:, :, t] = (reward if all_alive else torch.where(alive, reward, 0.0)).reshape(num_tasks, num_episodes)
+                terminated = terminated.to(self.device)
+                if terminated.any():
+                    alive &= ~terminated
+                    all_alive = False
+                    if not alive.any():
+                        break
+            return Episodes(observations, actions, rewards, mask, list(tasks))
+
+    @contextlib.contextmanager
+    def _policy_threads(self, num_envs: int) -> Iterator[None]:
+        """One torch thread while a batched simulator with its own CPU thread pool steps: torch's idle
+        threads spin and slow the simulator's pool down, and a one-thread policy forward for a few
+        hundred envs costs less than that."""
+        sim = self._batched_sim(num_envs) if self.batched else None
+        if sim is None or not sim.uses_cpu_threads or self.device.type != "cpu":
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def close(self) -> None:
         for vector_env in self._vector_envs.values():
@@ -378,6 +376,10 @@ class Sampler:
         for sim in self._sims.values():
             sim.close()
         self._sims.clear()
+        self._close_factory()
+
+    def _close_factory(self) -> None:
+        """Close the env instance that makes the batched simulators (no new ones after this)."""
         if self._factory is not None:
             self._factory.close()
             self._factory = None
