@@ -94,5 +94,5 @@ class Episodes:
         if normalize:
             advantages = normalize_advantages(advantages, self.mask)
         self.advantages = advantages
-        self.dice_weights = dice_weights(self.rewards, values, self.mask, gamma, normalize)
+        self.dice_weights = dice_weights(self.rewards, values, self.mask, gamma, normalize, returns=returns)
         return advantages

@@ -150,7 +150,13 @@ def normalize_advantages(advantages: Tensor, mask: Tensor, eps: float = 1e-8) ->
 
 
 def dice_weights(
-    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, normalize: bool = False, eps: float = 1e-8
+    rewards: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    gamma: float,
+    normalize: bool = False,
+    eps: float = 1e-8,
+    returns: Tensor | None = None,
 ) -> Tensor:
     """Per-step weights of the DiCE objective with a baseline (Foerster et al., 2018; Mao et al., 2019).
 
@@ -165,6 +171,8 @@ def dice_weights(
 
     Args:
         rewards, values, mask: ``[T, ..., H]``; ``values`` are the baseline's ``b_t``.
+        returns: :func:`discounted_returns` of ``rewards`` when the caller has them (for
+            ``normalize``; computed otherwise).
     Returns:
         ``[T, ..., H]`` weights, zero on padded steps.
     """
@@ -174,7 +182,8 @@ def dice_weights(
     discount = gamma ** torch.arange(rewards.shape[-1], dtype=rewards.dtype, device=rewards.device)
     weights = discount * (rewards + gamma * next_values - values) * mask
     if normalize:
-        _, std = _masked_moments(discounted_returns(rewards, mask, gamma) - values, mask)
+        returns = discounted_returns(rewards, mask, gamma) if returns is None else returns
+        _, std = _masked_moments(returns - values, mask)
         weights = weights / (std + eps)
     return weights
 
