@@ -134,6 +134,16 @@ def _step_of(step_size: StepSize, name: str) -> float | Tensor:
     return step_size[name] if isinstance(step_size, dict) else step_size
 
 
+def meta_parameters(theta: Params, step_size: StepSize) -> list[Tensor]:
+    """What the outer loop updates: ``theta``'s tensors, then Meta-SGD's step sizes if learned."""
+    return [*theta.values(), *(step_size.values() if isinstance(step_size, dict) else [])]
+
+
+def task_kls(old_mean: Tensor, old_std: Tensor, mean: Tensor, std: Tensor, episodes: Episodes) -> Tensor:
+    """``KL(old || new)`` of the Gaussian policies averaged over each task's valid steps, ``[T]``."""
+    return masked_mean(gaussian_kl(old_mean, old_std, mean, std).reshape(episodes.rewards.shape), episodes.mask)
+
+
 def adapt(
     policy: GaussianMLPPolicy,
     params: Params,
@@ -230,7 +240,7 @@ def _meta_objective(
     log_prob = _log_prob(mean, std, valid)
     old_mean, old_std, old_log_prob = old
     loss = surrogate_loss(log_prob, old_log_prob, _advantages(valid), valid.mask).mean()
-    kl = masked_mean(gaussian_kl(old_mean, old_std, mean, std).reshape(valid.rewards.shape), valid.mask).mean()
+    kl = task_kls(old_mean, old_std, mean, std, valid).mean()
     return loss, kl
 
 
@@ -343,7 +353,7 @@ def _meta_problem(
         log_prob = _log_prob(mean, std, valid)
         old = (mean.detach(), std.detach(), log_prob.detach())
         loss = surrogate_loss(log_prob, old[2], _advantages(valid), valid.mask).sum()
-        kl = masked_mean(gaussian_kl(old[0], old[1], mean, std).reshape(valid.rewards.shape), valid.mask).sum()
+        kl = task_kls(old[0], old[1], mean, std, valid).sum()
         loss_grad = torch.autograd.grad(loss, leaves, retain_graph=True)
         kl_grad = torch.autograd.grad(kl, leaves, create_graph=True)
 
@@ -397,7 +407,7 @@ def trpo_meta_step(
     bounds = [(t, min(t + size, num_tasks)) for t in range(0, num_tasks, size)]
     groups = [batch.task_slice(start, stop) for start, stop in bounds] if len(bounds) > 1 else [batch]
     theta = policy.parameters_dict()
-    tensors = list(theta.values()) + (list(inner_step_size.values()) if isinstance(inner_step_size, dict) else [])
+    tensors = meta_parameters(theta, inner_step_size)
     problems = [_meta_problem(policy, theta, group, inner_step_size, first_order, inner_loss) for group in groups]
 
     def total(parts: list[list[Tensor]]) -> Tensor:
@@ -511,9 +521,9 @@ def ppo_meta_step(
         if clip is not None:
             gain = torch.minimum(gain, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
         loss = -masked_mean(gain, valid.mask).mean()
-        kl = masked_mean(gaussian_kl(old_mean, old_std, mean, std).reshape(valid.rewards.shape), valid.mask).mean()
+        kl = task_kls(old_mean, old_std, mean, std, valid).mean()
         pre_mean, pre_std = policy_outputs(policy, expand_params(theta, pre.num_tasks), pre)
-        inner_kl = masked_mean(gaussian_kl(old_pre_mean, old_pre_std, pre_mean, pre_std).reshape(pre.rewards.shape), pre.mask).mean()
+        inner_kl = task_kls(old_pre_mean, old_pre_std, pre_mean, pre_std, pre).mean()
         return loss, kl, inner_kl
 
     loss_before, grad_norm = None, 0.0
@@ -524,8 +534,7 @@ def ppo_meta_step(
         total.backward()
         if epoch == 0:
             loss_before = float(loss.item())
-            meta_params = [*theta.values(), *(inner_step_size.values() if isinstance(inner_step_size, dict) else [])]
-            grad_norm = float(flat([p.grad for p in meta_params]).norm().item())
+            grad_norm = float(flat([p.grad for p in meta_parameters(theta, inner_step_size)]).norm().item())
         optimizer.step()
     with torch.no_grad():
         loss_after, kl_after, inner_kl = objective()
