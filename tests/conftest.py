@@ -109,3 +109,12 @@ def tiny_run_args(tmp_path):
         "eval.episodes_per_task=3",
         "eval.num_steps=2",
     ]
+
+
+#: Keys of metrics.jsonl that measure wall-clock time, the only ones that differ between identical runs.
+TIMING_KEYS = {"time_sampling", "time_sampling_valid", "time_adapt", "time_update", "wall_time"}
+
+
+def without_timings(metrics):
+    """metrics.jsonl lines without their timings: what two identical runs share."""
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]

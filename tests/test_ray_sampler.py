@@ -18,6 +18,8 @@ from metarl.policy import GaussianMLPPolicy
 from metarl.sampler import Sampler
 from metarl.train import make_sampler, read_metrics
 
+from conftest import without_timings
+
 ray = pytest.importorskip("ray", reason="the Ray backend is tested where `pip install -e .[ray]` ran (make setup)")
 from metarl.ray_sampler import RaySampler, SamplerWorkerError  # noqa: E402
 
@@ -140,9 +142,7 @@ def test_training_on_ray_gives_the_metrics_of_local_training(tmp_path, tiny_run_
     assert main(["train", NAV, *args, "run.name=local", "--quiet"]) == 0
     assert main(["train", NAV, *args, "run.name=ray", "sampler.backend=ray", "ray.workers=2", "ray.cpus_per_worker=0.5",
                  "--quiet"]) == 0
-    timing = {"time_sampling", "time_sampling_valid", "time_adapt", "time_update", "wall_time"}
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "ray")) == strip(read_metrics(tmp_path / "local"))
+    assert without_timings(read_metrics(tmp_path / "ray")) == without_timings(read_metrics(tmp_path / "local"))
 
 
 def test_configuration_errors(tmp_path, tiny_run_args, monkeypatch, capsys):

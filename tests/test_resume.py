@@ -15,14 +15,9 @@ from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.cli import main
 from metarl.train import BEST_CHECKPOINT, CHECKPOINT, evaluate_run, read_metrics
 
+from conftest import without_timings
+
 NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
-TIMING_KEYS = {"time_sampling", "time_sampling_valid", "time_adapt", "time_update", "wall_time"}
-
-
-def strip(metrics):
-    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
-
-
 def with_iterations(args, n):
     return [a for a in args if not a.startswith("run.iterations=")] + [f"run.iterations={n}"]
 
@@ -35,7 +30,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_run_
     assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0
     whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
     assert [m["iteration"] for m in parts] == [0, 1, 2, 3]
-    assert strip(parts) == strip(whole)
+    assert without_timings(parts) == without_timings(whole)
     final = [load_checkpoint(tmp_path / name / CHECKPOINT)["policy"] for name in ("whole", "parts")]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
@@ -109,7 +104,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_run_ar
     # the signalled and resumed run is the uninterrupted one
     whole = [*with_iterations(tiny_run_args, done + 1), "eval.at_end=false", "run.name=whole"]
     assert main(["train", NAV, *whole, "--quiet"]) == 0
-    assert strip(read_metrics(tmp_path / "s")) == strip(read_metrics(tmp_path / "whole"))
+    assert without_timings(read_metrics(tmp_path / "s")) == without_timings(read_metrics(tmp_path / "whole"))
 
 
 @pytest.mark.parametrize("outer", ["promp", "adam"])
@@ -120,7 +115,7 @@ def test_gradient_meta_updates_train_and_resume_exactly_with_their_optimizer_sta
     assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["optimizer"]["state"]
     assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0
     whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
-    assert strip(parts) == strip(whole)
+    assert without_timings(parts) == without_timings(whole)
     assert "inner_kl" in whole[0] and whole[0]["loss_after"] != whole[0]["loss_before"]
     if outer == "promp":  # the adaptive weight moved (its state resumes with the run, as the equality shows)
         assert len({m["inner_kl_coef"] for m in whole}) > 1
@@ -133,7 +128,7 @@ def test_meta_sgd_learns_its_step_sizes_resumes_exactly_and_evaluates_with_them(
     assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
     assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0
     whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
-    assert strip(parts) == strip(whole)
+    assert without_timings(parts) == without_timings(whole)
     assert len({m["inner_lr_mean"] for m in whole}) == 4  # the step sizes move every iteration
     alphas = torch.cat([a.flatten() for a in load_checkpoint(tmp_path / "whole" / CHECKPOINT)["step_sizes"].values()])
     assert not torch.allclose(alphas, torch.full_like(alphas, 0.1))  # initialised at maml.inner_lr
