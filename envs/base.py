@@ -46,6 +46,12 @@ class TaskEnv(gym.Env):
         """The task currently installed."""
         raise NotImplementedError
 
+    def paper_test_tasks(self, num_tasks: int) -> list[Any]:
+        """The first ``num_tasks`` held-out tasks of the original paper's own evaluation, drawn as its
+        authors' test script drew them, so that results compare on the very same tasks
+        (``eval.tasks: paper``). Only envs that reproduce a paper's task family define it."""
+        raise NotImplementedError
+
     def make_batched(self, num_envs: int, device: Any = "cpu", seed: int | None = None) -> BatchedTaskSim | None:
         """A batched simulator of ``num_envs`` copies of this env (same constructor arguments), or
         None when the env has none; metarl's sampler then uses gymnasium's vector API.

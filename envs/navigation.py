@@ -84,6 +84,14 @@ class Navigation2DEnv(TaskEnv):
         goals = self.np_random.uniform(self.goal_low, self.goal_high, size=(num_tasks, 2))
         return [GoalTask(goal=(float(x), float(y))) for x, y in goals]
 
+    def paper_test_tasks(self, num_tasks: int) -> list[GoalTask]:
+        """The MAML paper's 40 test goals (and more, from the same stream): the authors' test script
+        (cbfinn/maml_rl, ``test_maml_point.py``) drew them with ``np.random.seed(1)`` and
+        ``np.random.uniform(-0.5, 0.5, size=(40, 2))``. With other goal bounds the same draws are
+        scaled to them."""
+        goals = np.random.RandomState(1).uniform(self.goal_low, self.goal_high, size=(num_tasks, 2))
+        return [GoalTask(goal=(float(x), float(y))) for x, y in goals]
+
     def set_task(self, task: GoalTask | dict) -> None:
         if isinstance(task, dict):
             task = GoalTask(goal=tuple(task["goal"]))

@@ -1,7 +1,7 @@
 """MAML against the paper's baselines (random, pretrained, oracle) on a trained run's env and protocol.
 
-    python experiments/baselines.py RUN_DIR [--timesteps 1000000] [--oracle-timesteps N] [--seed 0]
-                                    [--only random pretrained oracle]
+    python experiments/baselines.py RUN_DIR [eval.key=value ...] [--timesteps 1000000]
+                                    [--oracle-timesteps N] [--seed 0] [--only random pretrained oracle]
 
 RUN_DIR is a `metarl train` run (its eval.json is the MAML row; a baseline may start before the
 run has finished, the table then gains the MAML row from whichever baseline writes last). The baselines use the run's
@@ -11,7 +11,9 @@ task-conditioned policy needs longer to become the upper bound). Writes RUN_DIR/
 baselines.md (the paper-style table: return after 0..K steps, mean +- s.e. over the test tasks, and
 the fraction of the pretrained-to-oracle gap MAML closes after one step) and baselines.png.
 --only computes some baselines and keeps the others found in baselines.json when it writes it
-(so `--only oracle` and `--only random pretrained` may run side by side).
+(so `--only oracle` and `--only random pretrained` may run side by side). `eval.*` overrides
+change the protocol as they do for `metarl evaluate` (evaluate the MAML run with the same ones):
+the MAML row is flagged when its eval.json used other test tasks or batches than the baselines.
 """
 
 import argparse
@@ -39,6 +41,16 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def protocol_mismatch(result: dict, config: cfg.Config) -> str:
+    """What differs between an eval.json's protocol and ``config.eval`` (empty when nothing does)."""
+    ev = config.eval
+    expected = {"eval_tasks": ev.tasks, "num_tasks": ev.num_tasks, "episodes_per_task": ev.episodes_per_task,
+                "budget": ev.budget}
+    # eval.json files written before eval.tasks existed used seeded tasks.
+    recorded = {"eval_tasks": "seeded", **{k: result[k] for k in expected if k in result}}
+    return ", ".join(f"{k}: {recorded[k]} there, {v} here" for k, v in expected.items() if k in recorded and recorded[k] != v)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished metarl training run (with eval.json)")
@@ -48,11 +60,19 @@ def main() -> int:
                         help="baselines to compute; the others are kept from baselines.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init and of PPO")
     parser.add_argument("--skip-oracle", action="store_true", help="for envs without an oracle option")
+    parser.add_argument("overrides", nargs="*", metavar="eval.key=value", help="evaluation protocol overrides")
     args = parser.parse_args()
     if not (args.run_dir / "config.yaml").is_file():
         print(f"baselines: {args.run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
         return 2
-    config = cfg.load(args.run_dir / "config.yaml")
+    try:
+        bad = [o for o in args.overrides if not o.startswith("eval.")]
+        if bad:
+            raise cfg.ConfigError(f"{bad[0]}: only eval.* overrides (the baselines use the run's env and policy)")
+        config = cfg.load(args.run_dir / "config.yaml", args.overrides)
+    except cfg.ConfigError as exc:
+        print(f"baselines: error: {exc}", file=sys.stderr)
+        return 2
     oracle_timesteps = args.oracle_timesteps or args.timesteps
     results = {}
     seed_everything(args.seed)
@@ -79,7 +99,13 @@ def main() -> int:
     kept = json.loads(path.read_text()) if path.is_file() else {}
     maml = {"MAML": json.loads(maml_path.read_text())} if maml_path.is_file() else {}
     results = {**maml, **{m: results.get(m, kept.get(m)) for m in METHODS if m in results or m in kept}}
-    if not maml:
+    if maml:
+        mismatch = protocol_mismatch(maml["MAML"], config)
+        if mismatch:
+            print(f"baselines: warning: {maml_path} was evaluated with another protocol ({mismatch}); "
+                  f"run `metarl evaluate {args.run_dir} {' '.join(args.overrides)}` for a comparable MAML row",
+                  file=sys.stderr)
+    else:
         print(f"baselines: {maml_path} is not there yet: the table has no MAML row (run `metarl evaluate {args.run_dir}`"
               " and any baseline again to add it)", file=sys.stderr)
     text = table(results)

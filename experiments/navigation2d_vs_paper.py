@@ -4,8 +4,9 @@
 
 Meta-trains with experiments/navigation2d.yaml (the paper's hyperparameters; --config picks another,
 e.g. experiments/navigation2d_authors.yaml, the settings of the authors' code), evaluates with the
-paper's protocol (40 held-out tasks, VPG steps, 40 episodes per step) and writes the comparison to
-RUN_DIR/vs_paper.md. Overrides are passed on to the config, e.g. run.iterations=50 for a shorter run.
+paper's protocol (the paper's own 40 test goals, VPG steps, batches of 40 x 100 steps) and writes
+the comparison to RUN_DIR/vs_paper.md. Overrides are passed on to the config, e.g.
+run.iterations=50 for a shorter run.
 """
 
 import argparse
@@ -51,7 +52,7 @@ def main() -> None:
     text = (
         f"{comparison_table(ours)}\n\n"
         f"{config.run.iterations} meta-iterations, seed {config.run.seed}, {minutes:.1f} min wall-clock "
-        f"(training and evaluation), eval step sizes {config.eval.step_sizes}, with "
+        f"(training and evaluation), eval tasks {config.eval.tasks}, eval step sizes {config.eval.step_sizes}, with "
         f"`python experiments/navigation2d_vs_paper.py --config {args.config} {' '.join(args.overrides)}`.\n"
     )
     (run_dir / "vs_paper.md").write_text(text)

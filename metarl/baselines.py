@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metarl import config as cfg
-from metarl.evaluate import evaluate_protocol, test_tasks
+from metarl.evaluate import eval_tasks, evaluate_protocol
 from metarl.policy import GaussianMLPPolicy
 from metarl.train import make_sampler
 
@@ -96,7 +96,7 @@ def evaluate_policy(config: cfg.Config, policy: GaussianMLPPolicy, oracle: bool 
     ev = config.eval
     if oracle:
         config = _with_oracle(config)
-    tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)
+    tasks = eval_tasks(config)
     sampler = make_sampler(config, torch.device("cpu"), ev.seed)
     result = evaluate_protocol(config, policy, sampler, tasks, num_steps=0 if oracle else None)
     sampler.close()

@@ -129,8 +129,13 @@ class PPOConfig:
 class EvalConfig:
     num_tasks: int = 40
     """Held-out test tasks."""
+    tasks: str = "seeded"
+    """seeded: num_tasks draws of the env's task distribution, seeded by eval.seed. paper: the
+    original paper's own test tasks, as its authors' test script drew them, for envs that define
+    them (2D navigation: the MAML paper's 40 goals), so that results compare on the same tasks."""
     seed: int = 1000
-    """Seed of the test tasks (fixed, independent of the training seed)."""
+    """Seed of the seeded test tasks and of the evaluation's sampling (fixed, independent of the
+    training seed)."""
     num_steps: int = 3
     """Report returns after 0..num_steps adaptation steps."""
     step_sizes: list[float] = field(default_factory=lambda: [0.1, 0.05])
@@ -214,6 +219,9 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+#: Where the evaluation's held-out tasks come from (``eval.tasks``).
+EVAL_TASK_SOURCES = ("seeded", "paper")
+
 # Choices and ranges checked after the types.
 CHOICES = {
     "policy.nonlinearity": tuple(NONLINEARITIES),
@@ -221,6 +229,7 @@ CHOICES = {
     "sampler.budget": SAMPLE_BUDGETS,
     "sampler.backend": ("local", "ray"),
     "eval.budget": SAMPLE_BUDGETS,
+    "eval.tasks": EVAL_TASK_SOURCES,
     "tracking.mode": TRACKING_MODES,
     "maml.inner_loss": tuple(INNER_LOSSES),
     "maml.outer": ("trpo", "promp", "adam"),

@@ -15,20 +15,42 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from envs.base import task_to_json
+from envs.base import implements, task_to_json
 from metarl import config as cfg
 from metarl.maml import MetaSGDStepSizes, adapt
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_params
 from metarl.sampler import Sampler
 
 
-def test_tasks(env_id: str, env_kwargs: dict[str, Any], num_tasks: int, seed: int) -> list[Any]:
-    """The held-out tasks: ``num_tasks`` draws from a fresh env seeded with ``seed``."""
+def test_tasks(env_id: str, env_kwargs: dict[str, Any], num_tasks: int, seed: int, source: str = "seeded") -> list[Any]:
+    """The held-out tasks: ``num_tasks`` draws from a fresh env seeded with ``seed`` (``source``
+    "seeded"), or the env's ``paper_test_tasks`` ("paper", see :func:`check_eval_tasks`)."""
     env = gym.make(env_id, **env_kwargs)
-    env.reset(seed=seed)
-    tasks = env.unwrapped.sample_tasks(num_tasks)
+    check_eval_tasks(env, source)
+    if source == "paper":
+        tasks = env.unwrapped.paper_test_tasks(num_tasks)
+    else:
+        env.reset(seed=seed)
+        tasks = env.unwrapped.sample_tasks(num_tasks)
     env.close()
     return tasks
+
+
+def eval_tasks(config: cfg.Config) -> list[Any]:
+    """The held-out tasks of ``config.eval`` for ``config.env``."""
+    ev = config.eval
+    return test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed, ev.tasks)
+
+
+def check_eval_tasks(env: gym.Env, source: str) -> None:
+    """Raise a :class:`ConfigError` naming ``eval.tasks`` when ``env`` cannot supply ``source``."""
+    if source not in cfg.EVAL_TASK_SOURCES:
+        raise cfg.ConfigError(f"eval.tasks: must be one of {', '.join(cfg.EVAL_TASK_SOURCES)}, got {source!r}")
+    if source == "paper" and not implements(env, "paper_test_tasks"):
+        raise cfg.ConfigError(
+            f"eval.tasks: {type(env.unwrapped).__name__} has no paper test tasks (only envs that define "
+            "paper_test_tasks, e.g. metarl/Navigation2D-v0); use eval.tasks=seeded"
+        )
 
 
 def evaluate(

@@ -19,7 +19,7 @@ import torch
 
 from metarl import config as cfg
 from metarl.checkpoint import load_checkpoint
-from metarl.evaluate import evaluate_protocol, test_tasks
+from metarl.evaluate import eval_tasks, evaluate_protocol
 from metarl.policy import Params
 from metarl.train import CHECKPOINT, build, load_meta_parameters, load_run_config, make_sampler
 
@@ -103,7 +103,7 @@ def render_run(
     parts = build(config)
     load_meta_parameters(parts, load_checkpoint(Path(checkpoint) if checkpoint else run_dir / CHECKPOINT, parts.device))
     ev = config.eval
-    tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)[:num_tasks]
+    tasks = eval_tasks(config)[:num_tasks]
     kept: dict[int, Params] = {}
     sampler = make_sampler(config, parts.device, ev.seed)
     evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes,

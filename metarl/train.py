@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from metarl import config as cfg
 from metarl.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from metarl.evaluate import evaluate_protocol, format_table, test_tasks
+from metarl.evaluate import check_eval_tasks, eval_tasks, evaluate_protocol, format_table
 from metarl.maml import MetaBatch, MetaSGDStepSizes, StepSize, adapt, adapt_kl_coef, ppo_meta_step, trpo_meta_step
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
@@ -87,6 +87,7 @@ def build(config: cfg.Config) -> Components:
     except ValueError as exc:
         raise cfg.ConfigError(str(exc)) from exc
     task_env = check_task_env(config.env.id, config.env.kwargs)
+    check_eval_tasks(task_env, config.eval.tasks)  # before training, not when it ends
     task_env.reset(seed=config.run.seed)
     sampler = make_sampler(config, device, config.run.seed)
     policy = GaussianMLPPolicy(
@@ -394,13 +395,13 @@ def _train_loop(
 def run_evaluation(config: cfg.Config, parts: Components, run_dir: Path) -> dict[str, Any]:
     """The paper protocol on ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run_dir``."""
     ev = config.eval
-    tasks = test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed)
+    tasks = eval_tasks(config)
     # Its own sampler, seeded by eval.seed: the same checkpoint always gives the same eval.json.
     sampler = make_sampler(config, parts.device, ev.seed)
     start = time.perf_counter()
     result = evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes)
     sampler.close()
-    result = {"env": config.env.id, "eval_seed": ev.seed, **result, "time_s": time.perf_counter() - start}
+    result = {"env": config.env.id, "eval_tasks": ev.tasks, "eval_seed": ev.seed, **result, "time_s": time.perf_counter() - start}
     (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
     plot_adaptation(result, run_dir / "eval.png", title=config.env.id, label=run_dir.name)
     return result

@@ -81,3 +81,13 @@ def test_baselines_script_writes_the_table(tmp_path):
     assert second["oracle"]["timesteps"] == 128 and second["pretrained"] == first["pretrained"]
     assert second["random"] == first["random"]
     assert "pretrained-to-oracle gap" in (tmp_path / "hc" / "baselines.md").read_text()
+    assert "warning" not in proc.stderr
+    # eval.* overrides change the baselines' protocol; a MAML row evaluated otherwise is flagged.
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
+                           "eval.episodes_per_task=3", "--only", "random"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" in proc.stderr and "episodes_per_task: 2 there, 3 here" in proc.stderr
+    assert json.loads((tmp_path / "hc" / "baselines.json").read_text())["random"]["episodes_per_task"] == 3
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
+                           "policy.hidden_sizes=[4]", "--only", "random"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "only eval.* overrides" in proc.stderr

@@ -80,6 +80,19 @@ def test_navigation_goals_are_uniform_in_the_square():
     assert np.allclose(goals.mean(0), 0.0, atol=0.03) and np.allclose(goals.var(0), 1 / 12, atol=0.01)
 
 
+def test_navigation_paper_test_tasks_are_the_authors_goals():
+    # cbfinn/maml_rl test_maml_point.py: np.random.seed(1); np.random.uniform(-0.5, 0.5, size=(40, 2)).
+    # MT19937 seeded with 1 starts 0.417022004702574, 0.7203244934421581, 0.00011437481734488664.
+    env = gym.make("metarl/Navigation2D-v0")
+    tasks = env.unwrapped.paper_test_tasks(40)
+    assert tasks[0].goal == pytest.approx((0.417022004702574 - 0.5, 0.7203244934421581 - 0.5))
+    assert tasks[1].goal[0] == pytest.approx(0.00011437481734488664 - 0.5)
+    assert len(set(tasks)) == 40 and all(-0.5 <= c <= 0.5 for t in tasks for c in t.goal)
+    assert env.unwrapped.paper_test_tasks(3) == tasks[:3]  # a prefix of the same stream
+    env.reset(seed=0)
+    assert env.unwrapped.paper_test_tasks(2) == tasks[:2]  # independent of the env's own seeding
+
+
 def test_navigation_truncates_at_the_registered_horizon():
     env = gym.make("metarl/Navigation2D-v0")
     env.unwrapped.set_task(GoalTask(goal=(0.5, 0.5)))

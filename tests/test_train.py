@@ -75,6 +75,14 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["steps"] == [0, 1] and result["num_tasks"] == 2
     assert "mean return" in capsys.readouterr().out
+    # The config evaluates on the MAML paper's own test goals (the authors' np.random.seed(1) stream) ...
+    assert result["eval_tasks"] == "paper"
+    assert result["tasks"][0]["goal"] == pytest.approx([0.417022004702574 - 0.5, 0.7203244934421581 - 0.5])
+    # ... or on seeded draws of the task distribution.
+    assert main(["evaluate", str(run_dir), "eval.num_steps=1", "eval.num_tasks=2", "eval.tasks=seeded"]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["eval_tasks"] == "seeded" and result["eval_seed"] == 1000
+    assert result["tasks"][0]["goal"] != pytest.approx([0.417022004702574 - 0.5, 0.7203244934421581 - 0.5])
 
 
 @pytest.mark.parametrize(
@@ -86,6 +94,7 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
         ("env.kwargs={bad_kwarg: 1}", "env.kwargs"),
         ("env.kwargs={goal_low: 1, goal_high: 0}", "env.kwargs: metarl/Navigation2D-v0 could not be built"),
         ("run.seed=-1", "run.seed: must be in"),
+        ("eval.tasks=every", "eval.tasks: must be one of seeded, paper"),
     ],
 )
 def test_cli_bad_input_exits_2_and_leaves_no_run_directory(tmp_path, override, message):
@@ -96,6 +105,13 @@ def test_cli_bad_input_exits_2_and_leaves_no_run_directory(tmp_path, override, m
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_paper_test_tasks_of_an_env_without_them_is_refused_before_training(tmp_path, capsys):
+    args = [f"run.output_dir={tmp_path}", "run.name=bad", "env.id=metarl/HalfCheetahVel-v0", "eval.tasks=paper"]
+    assert main(["train", NAV, *args]) == 2
+    assert "eval.tasks: HalfCheetahVelEnv has no paper test tasks" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -24,7 +24,7 @@ def test_readme_user_env_trains_through_the_cli(tmp_path):
     assert "my_tasks/Line1D-v0" in listed.stdout and "target ~ U[-1, 1]" in listed.stdout
 
     proc = subprocess.run(
-        [*metarl, "train", str(ROOT / "experiments" / "navigation2d.yaml"), "env.id=my_tasks:my_tasks/Line1D-v0",
+        [*metarl, "train", str(ROOT / "experiments" / "navigation2d_quick.yaml"), "env.id=my_tasks:my_tasks/Line1D-v0",
          "run.iterations=2", "maml.meta_batch_size=4", "sampler.episodes_per_task=3", "policy.hidden_sizes=[8]",
          "eval.num_tasks=3", "eval.episodes_per_task=3", "eval.num_steps=1", f"run.output_dir={tmp_path}",
          "run.name=user", "--quiet"],
