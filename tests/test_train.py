@@ -17,6 +17,8 @@ from metarl.train import CHECKPOINT, build, read_metrics
 from conftest import without_timings
 
 NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
+#: The first of the MAML paper's 2D-navigation test goals (np.random.seed(1), uniform in [-0.5, 0.5]^2).
+PAPER_FIRST_GOAL = [0.417022004702574 - 0.5, 0.7203244934421581 - 0.5]
 
 
 def test_smoke_run_writes_the_run_directory(tmp_path, tiny_run_args):
@@ -75,14 +77,14 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["steps"] == [0, 1] and result["num_tasks"] == 2
     assert "mean return" in capsys.readouterr().out
-    # The config evaluates on the MAML paper's own test goals (the authors' np.random.seed(1) stream) ...
+    # The config evaluates on the MAML paper's own test goals ...
     assert result["eval_tasks"] == "paper"
-    assert result["tasks"][0]["goal"] == pytest.approx([0.417022004702574 - 0.5, 0.7203244934421581 - 0.5])
+    assert result["tasks"][0]["goal"] == pytest.approx(PAPER_FIRST_GOAL)
     # ... or on seeded draws of the task distribution.
     assert main(["evaluate", str(run_dir), "eval.num_steps=1", "eval.num_tasks=2", "eval.tasks=seeded"]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["eval_tasks"] == "seeded" and result["eval_seed"] == 1000
-    assert result["tasks"][0]["goal"] != pytest.approx([0.417022004702574 - 0.5, 0.7203244934421581 - 0.5])
+    assert result["tasks"][0]["goal"] != pytest.approx(PAPER_FIRST_GOAL)
 
 
 @pytest.mark.parametrize(
