@@ -27,6 +27,7 @@ from metarl.baselines import evaluate_policy, gap_closed, make_training_env, pol
 from metarl.plots import plot_adaptation_curves
 from metarl.policy import GaussianMLPPolicy
 from metarl.runtime import seed_everything
+from metarl.train import load_run_config
 
 
 METHODS = ("random", "pretrained", "oracle")
@@ -62,14 +63,9 @@ def main() -> int:
     parser.add_argument("--skip-oracle", action="store_true", help="for envs without an oracle option")
     parser.add_argument("overrides", nargs="*", metavar="eval.key=value", help="evaluation protocol overrides")
     args = parser.parse_args()
-    if not (args.run_dir / "config.yaml").is_file():
-        print(f"baselines: {args.run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
-        return 2
     try:
-        bad = [o for o in args.overrides if not o.startswith("eval.")]
-        if bad:
-            raise cfg.ConfigError(f"{bad[0]}: only eval.* overrides (the baselines use the run's env and policy)")
-        config = cfg.load(args.run_dir / "config.yaml", args.overrides)
+        config = load_run_config(args.run_dir, args.overrides, ("eval.",),
+                                 "only eval.* overrides (the baselines use the run's env and policy)")
     except cfg.ConfigError as exc:
         print(f"baselines: error: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,9 @@ from tqdm import tqdm
 from metarl import config as cfg
 from metarl.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from metarl.evaluate import check_eval_tasks, eval_tasks, evaluate_protocol, format_table
-from metarl.maml import MetaBatch, MetaSGDStepSizes, StepSize, adapt, adapt_kl_coef, ppo_meta_step, trpo_meta_step
+from metarl.maml import (
+    MetaBatch, MetaSGDStepSizes, StepSize, adapt, adapt_kl_coef, meta_parameters, ppo_meta_step, trpo_meta_step,
+)
 from metarl.plots import plot_adaptation, plot_training
 from metarl.policy import GaussianMLPPolicy, detach_params, expand_params
 from metarl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
@@ -98,9 +100,11 @@ def build(config: cfg.Config) -> Components:
         config.policy.init_std,
     ).to(device)
     step_sizes = MetaSGDStepSizes(policy.parameters_dict(), config.maml.inner_lr).to(device) if config.maml.meta_sgd else None
-    meta_parameters = [*policy.parameters(), *(step_sizes.parameters() if step_sizes is not None else [])]
-    optimizer = torch.optim.Adam(meta_parameters, lr=config.ppo.lr) if config.maml.outer != "trpo" else None
-    return Components(device, sampler, task_env, policy, optimizer, config.ppo.inner_kl_coef, step_sizes)
+    parts = Components(device, sampler, task_env, policy, None, config.ppo.inner_kl_coef, step_sizes)
+    if config.maml.outer != "trpo":
+        tensors = meta_parameters(policy.parameters_dict(), parts.inner_step_size(config))
+        parts.optimizer = torch.optim.Adam(tensors, lr=config.ppo.lr)
+    return parts
 
 
 def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) -> tuple[MetaBatch, dict[str, float]]:
