@@ -11,7 +11,7 @@ TORCH_PIP ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.metarl-installed
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo lint test test-slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/metarl train experiments/navigation2d_quick.yaml
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+# Lint first (a second), then the suite; CI runs exactly this.
+test: lint
 	$(BIN)/python -m pytest
 
 test-slow: setup

@@ -1,14 +1,14 @@
 """Task-distribution environments for metarl; importing this package registers them with gymnasium.
 
 Every env is registered under the ``metarl/`` namespace, so ``gymnasium.make("metarl/Navigation2D-v0")``
-works once ``envs`` is imported (``import metarl`` imports it too).
+works once ``metarl.envs`` is imported (``import metarl`` imports it too).
 """
 
 import gymnasium as gym
 
-from envs.base import TASK_PROTOCOL, TaskEnv, missing_protocol, task_to_json
-from envs.locomotion import DirectionTask, DynamicsTask, VelocityTask
-from envs.navigation import GoalTask, Navigation2DEnv, Navigation2DVectorEnv
+from metarl.envs.base import TASK_PROTOCOL, TaskEnv, missing_protocol, task_to_json
+from metarl.envs.locomotion import DirectionTask, DynamicsTask, VelocityTask
+from metarl.envs.navigation import GoalTask, Navigation2DEnv, Navigation2DVectorEnv
 
 __all__ = [
     "TASK_PROTOCOL",
@@ -32,8 +32,8 @@ def _register(env_id: str, **kwargs) -> None:
 
 _register(
     "metarl/Navigation2D-v0",
-    entry_point="envs.navigation:Navigation2DEnv",
-    vector_entry_point="envs.navigation:Navigation2DVectorEnv",
+    entry_point="metarl.envs.navigation:Navigation2DEnv",
+    vector_entry_point="metarl.envs.navigation:Navigation2DVectorEnv",
     max_episode_steps=100,
 )
 
@@ -49,4 +49,4 @@ for _name, _cls in [
     ("Walker2dRandParams", "Walker2dRandParamsEnv"),
     ("HalfCheetahRandParams", "HalfCheetahRandParamsEnv"),
 ]:
-    _register(f"metarl/{_name}-v0", entry_point=f"envs.locomotion:{_cls}", max_episode_steps=200)
+    _register(f"metarl/{_name}-v0", entry_point=f"metarl.envs.locomotion:{_cls}", max_episode_steps=200)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 
 if TYPE_CHECKING:
-    from envs.batched import BatchedTaskSim
+    from metarl.envs.batched import BatchedTaskSim
 
 #: Methods a task env must provide; the sampler checks them before a run starts.
 TASK_PROTOCOL = ("sample_tasks", "set_task", "get_task")
@@ -29,10 +29,16 @@ class TaskEnv(gym.Env):
     Subclasses implement ``sample_tasks``, ``set_task`` and ``get_task``. The ``task`` property lets
     vector envs install one task per sub-environment with ``envs.set_attr("task", tasks)``.
     ``task_description`` is the one-line task space that ``metarl envs`` shows. An env can offer a
-    faster batched simulator of itself through :meth:`make_batched` (see ``envs.batched``).
+    faster batched simulator of itself through :meth:`make_batched` (see ``metarl.envs.batched``).
     """
 
     task_description: str = ""
+    #: Set ``batched_simulator = True`` in the body of a class whose :meth:`make_batched` reproduces
+    #: that very class (observations, rewards, terminations). Only the class's own body counts, never
+    #: a parent's: a subclass may change ``step`` or the reward, and a simulator written for the
+    #: parent would then silently train on the parent's reward. A subclass that keeps its parent's
+    #: dynamics re-declares it (and should test the simulator against its ``step``).
+    batched_simulator: bool = False
 
     def sample_tasks(self, num_tasks: int) -> list[Any]:
         """Draw ``num_tasks`` tasks from the task distribution with ``self.np_random``."""
@@ -54,7 +60,8 @@ class TaskEnv(gym.Env):
 
     def make_batched(self, num_envs: int, device: Any = "cpu", seed: int | None = None) -> BatchedTaskSim | None:
         """A batched simulator of ``num_envs`` copies of this env (same constructor arguments), or
-        None when the env has none; metarl's sampler then uses gymnasium's vector API.
+        None when the env has none; metarl's sampler then uses gymnasium's vector API. The sampler
+        calls it only for classes that declare :attr:`batched_simulator` in their own body.
 
         ``seed`` seeds the simulator's own generator (initial-state noise).
         """
@@ -73,6 +80,25 @@ def implements(env: gym.Env, name: str) -> bool:
     """Whether ``env.unwrapped``'s class provides method ``name`` beyond :class:`TaskEnv`'s placeholder."""
     method = getattr(type(env.unwrapped), name, None)
     return callable(method) and method is not getattr(TaskEnv, name)
+
+
+def has_batched_simulator(env: gym.Env) -> bool:
+    """Whether the sampler may step ``env`` with its batched simulator: ``env.unwrapped``'s exact
+    class declares ``batched_simulator = True`` in its own body and has a ``make_batched``."""
+    cls = type(env.unwrapped)
+    return vars(cls).get("batched_simulator", False) is True and implements(env, "make_batched")
+
+
+def batched_simulator_note(env: gym.Env) -> str:
+    """Why ``env`` has no batched simulator for the sampler (for its one-line note)."""
+    cls = type(env.unwrapped)
+    if has_batched_simulator(env):
+        return f"{cls.__name__} has a batched simulator"
+    declared = next((base for base in cls.__mro__[1:] if vars(base).get("batched_simulator", False) is True), None)
+    if declared is not None:
+        return (f"the batched simulator of {declared.__name__} reproduces {declared.__name__}, not its subclass "
+                f"{cls.__name__} (declare batched_simulator = True in {cls.__name__} if it is exact for it)")
+    return f"{cls.__name__} has no batched simulator"
 
 
 def missing_protocol(env: gym.Env) -> list[str]:

@@ -62,7 +62,7 @@ class BatchedTaskSim(ABC):
             The values of inactive or terminated environments are meaningless.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: nothing to do by default)
         """Release threads or buffers (nothing by default)."""
 
 

@@ -27,9 +27,10 @@ from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 
-from envs.base import TaskEnv
-from envs.batched import BatchedTaskSim
-from envs.navigation import GoalTask
+from metarl.envs.base import TaskEnv
+from metarl.envs.batched import BatchedTaskSim
+from metarl.envs.mujoco_batch import MujocoBatchSim
+from metarl.envs.navigation import GoalTask
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class LocomotionTaskEnv(TaskEnv):
     def _task_features(self) -> np.ndarray:
         return self.task_features(self._task)
 
-    # Hooks of the batched simulator (envs.mujoco_batch): the task's reward term for N envs at once.
+    # Hooks of the batched simulator (metarl.envs.mujoco_batch): the task's reward term for N envs at once.
 
     def batch_task_array(self, tasks: list[Any]) -> np.ndarray:
         """The tasks' reward parameters as one array, first dimension N."""
@@ -124,8 +125,6 @@ class LocomotionTaskEnv(TaskEnv):
         return self.model
 
     def make_batched(self, num_envs: int, device: Any = "cpu", seed: int | None = None) -> BatchedTaskSim:
-        from envs.mujoco_batch import MujocoBatchSim
-
         return MujocoBatchSim(self, num_envs, device=device, seed=seed)
 
     def _get_obs(self) -> np.ndarray:
@@ -220,12 +219,16 @@ class _CheetahTask(LocomotionTaskEnv, HalfCheetahEnv):
 class HalfCheetahVelEnv(_VelocityTaskMixin, _CheetahTask):
     """HalfCheetah running at a target velocity ~ U[0, 2] (MAML paper); reward -|v_x - v*| - 0.05 |a|^2."""
 
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
+
     velocity_range = (0.0, 2.0)
     task_description = "target velocity ~ U[0, 2]"
 
 
 class HalfCheetahDirEnv(_DirectionTaskMixin, _CheetahTask):
     """HalfCheetah running forward or backward (MAML paper); reward d * v_x - 0.05 |a|^2."""
+
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
 
 
 class _AntTask(LocomotionTaskEnv, AntEnv):
@@ -242,7 +245,8 @@ class _AntTask(LocomotionTaskEnv, AntEnv):
         """Args: weights as in pytorch-maml-rl's Ant task envs (ctrl 0.005, contact 5e-4, alive 0.05);
         gymnasium v5's defaults are 0.5, 5e-4 and 1.0. Other v5 kwargs pass through
         (``forward_reward_weight`` scales the task's term)."""
-        weights = dict(ctrl_cost_weight=ctrl_cost_weight, contact_cost_weight=contact_cost_weight, healthy_reward=healthy_reward)
+        weights = dict(ctrl_cost_weight=ctrl_cost_weight, contact_cost_weight=contact_cost_weight,
+                       healthy_reward=healthy_reward)
         super().__init__(**weights, **kwargs)
         self._finish_init(oracle, self.sample_default(), **weights, **kwargs)
 
@@ -250,12 +254,15 @@ class _AntTask(LocomotionTaskEnv, AntEnv):
         forward = self._forward_reward_weight * self._forward_term(x_velocity)
         healthy = self.healthy_reward
         ctrl_cost, contact_cost = self.control_cost(action), self.contact_cost
-        info = {"reward_forward": forward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost, "reward_survive": healthy}
+        info = {"reward_forward": forward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost,
+                "reward_survive": healthy}
         return forward + healthy - ctrl_cost - contact_cost, info
 
 
 class AntVelEnv(_VelocityTaskMixin, _AntTask):
     """Ant running at a target velocity ~ U[0, 3]; reward -|v_x - v*| + alive - control and contact costs."""
+
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
 
     velocity_range = (0.0, 3.0)
     task_description = "target velocity ~ U[0, 3]"
@@ -264,9 +271,13 @@ class AntVelEnv(_VelocityTaskMixin, _AntTask):
 class AntDirEnv(_DirectionTaskMixin, _AntTask):
     """Ant running forward or backward; reward d * v_x + alive - control and contact costs."""
 
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
+
 
 class AntGoalEnv(_AntTask):
     """Ant walking to a goal in the disk of radius 3 (ProMP); reward -|xy - goal|_1 - control and contact costs."""
+
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
 
     task_type = GoalTask
     task_description = "goal uniform in the disk of radius 3"
@@ -299,7 +310,7 @@ class AntGoalEnv(_AntTask):
     def sample_tasks(self, num_tasks: int) -> list[GoalTask]:
         radius = 3.0 * np.sqrt(self.np_random.uniform(size=num_tasks))  # uniform in area
         angle = self.np_random.uniform(0.0, 2 * np.pi, size=num_tasks)
-        return [GoalTask(goal=(float(r * np.cos(a)), float(r * np.sin(a)))) for r, a in zip(radius, angle)]
+        return [GoalTask(goal=(float(r * np.cos(a)), float(r * np.sin(a)))) for r, a in zip(radius, angle, strict=True)]
 
     def task_features(self, task: GoalTask) -> np.ndarray:
         return np.asarray(task.goal, dtype=np.float64)
@@ -342,7 +353,8 @@ class _RandParamsTask(LocomotionTaskEnv):
             fields = {}
             for name in DYNAMICS_FIELDS:
                 base = 1.3 if name == "dof_damping" else 1.5
-                exponents = self.np_random.uniform(-self.log_scale_limit, self.log_scale_limit, self._nominal[name].size)
+                exponents = self.np_random.uniform(-self.log_scale_limit, self.log_scale_limit,
+                                                   self._nominal[name].size)
                 fields[name] = tuple(float(m) for m in base**exponents)
             tasks.append(DynamicsTask(**fields))
         return tasks
@@ -357,7 +369,8 @@ class _RandParamsTask(LocomotionTaskEnv):
         multipliers = {name: np.asarray(getattr(task, name), dtype=np.float64) for name in DYNAMICS_FIELDS}
         for name, values in multipliers.items():
             if values.size != self._nominal[name].size:
-                raise ValueError(f"task.{name} has {values.size} multipliers, the model needs {self._nominal[name].size}")
+                raise ValueError(f"task.{name} has {values.size} multipliers, "
+                                 f"the model needs {self._nominal[name].size}")
         for name, values in multipliers.items():
             getattr(model, name)[:] = self._nominal[name] * values.reshape(self._nominal[name].shape)
         # Derived constants (subtree masses, ...); a scratch MjData keeps the running episode's state intact.
@@ -375,13 +388,19 @@ class _RandParamsTask(LocomotionTaskEnv):
 class HopperRandParamsEnv(_RandParamsTask, HopperEnv):
     """Hopper-v5 with randomised dynamics (ProMP); the v5 reward: v_x + alive - 1e-3 |a|^2."""
 
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
+
 
 class Walker2dRandParamsEnv(_RandParamsTask, Walker2dEnv):
     """Walker2d-v5 with randomised dynamics (ProMP); the v5 reward: v_x + alive - 1e-3 |a|^2."""
 
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
+
 
 class HalfCheetahRandParamsEnv(_RandParamsTask, HalfCheetahEnv):
     """HalfCheetah-v5 with randomised dynamics; forward reward v_x - 0.05 |a|^2."""
+
+    batched_simulator = True  # MujocoBatchSim, tested step by step against this class
 
     def __init__(self, oracle: bool = False, ctrl_cost_weight: float = 0.05, **kwargs: Any):
         """Args: ctrl_cost_weight 0.05 as in the other cheetah families (gymnasium v5: 0.1)."""

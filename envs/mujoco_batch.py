@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -35,10 +35,7 @@ from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 from mujoco import rollout
 from torch import Tensor
 
-from envs.batched import BatchedTaskSim, check_num_tasks, cpu_cores
-
-if TYPE_CHECKING:
-    from envs.locomotion import LocomotionTaskEnv
+from metarl.envs.batched import BatchedTaskSim, check_num_tasks, cpu_cores
 
 _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 _CTRL = mujoco.mjtState.mjSTATE_CTRL.value
@@ -48,7 +45,9 @@ class MujocoBatchSim(BatchedTaskSim):
     """N copies of a MuJoCo task env (``env``'s model, kwargs and reward) stepped together.
 
     Args:
-        env: the task env instance to copy (``env.unwrapped`` of a ``gymnasium.make``).
+        env: the task env instance to copy (``env.unwrapped`` of a ``gymnasium.make``): a
+            ``metarl.envs.locomotion.LocomotionTaskEnv``, whose reward hooks it calls (this module
+            does not import that one, which imports it).
         num_envs: N.
         device: where the returned tensors go (the physics runs on CPU threads).
         seed: seeds the initial-state noise.
@@ -58,7 +57,7 @@ class MujocoBatchSim(BatchedTaskSim):
     uses_cpu_threads = True
 
     def __init__(
-        self, env: LocomotionTaskEnv, num_envs: int, device: Any = "cpu", seed: int | None = None, nthread: int | None = None
+        self, env: Any, num_envs: int, device: Any = "cpu", seed: int | None = None, nthread: int | None = None
     ):
         if not isinstance(env, (HalfCheetahEnv, HopperEnv, Walker2dEnv, AntEnv)):
             raise TypeError(f"no batched simulator for {type(env).__name__}")
@@ -140,7 +139,8 @@ class MujocoBatchSim(BatchedTaskSim):
             x_velocity = (qpos[:, 0] - before_x) / self.dt
         reward, terminated = self._reward(x_velocity, qpos, qvel, action, contact)
         obs = self._observation(qpos, qvel, contact)
-        return self._to_torch(obs), torch.as_tensor(reward, device=self.device), torch.as_tensor(terminated, device=self.device)
+        return (self._to_torch(obs), torch.as_tensor(reward, device=self.device),
+                torch.as_tensor(terminated, device=self.device))
 
     def _rollout(self, action: np.ndarray, envs: np.ndarray | None) -> None:
         """``_rollout_steps`` substeps of the environments ``envs`` (all when None) in one rollout call."""

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import Tensor
-
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+from torch import Tensor
 
-from envs.base import TaskEnv
-from envs.batched import BatchedTaskSim, check_num_tasks
+from metarl.envs.base import TaskEnv
+from metarl.envs.batched import BatchedTaskSim, check_num_tasks
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,7 @@ class Navigation2DEnv(TaskEnv):
 
     metadata = {"render_modes": []}
     task_description = "goal uniform in [-0.5, 0.5]^2"
+    batched_simulator = True  # Navigation2DTorchSim (tested step by step against step)
 
     def __init__(
         self,
@@ -208,7 +208,8 @@ class Navigation2DTorchSim(BatchedTaskSim):
         self._positions = torch.zeros_like(self._goals)
 
     def set_tasks(self, tasks) -> None:
-        goals = [GoalTask(goal=tuple(t["goal"])) if isinstance(t, dict) else t for t in check_num_tasks(tasks, self.num_envs)]
+        goals = [GoalTask(goal=tuple(t["goal"])) if isinstance(t, dict) else t
+                 for t in check_num_tasks(tasks, self.num_envs)]
         if not all(isinstance(t, GoalTask) and len(t.goal) == 2 for t in goals):
             raise TypeError("tasks must be GoalTasks with 2D goals")
         self._goals = torch.tensor([t.goal for t in goals], dtype=torch.float64, device=self.device)

@@ -26,9 +26,8 @@ from metarl import config as cfg
 from metarl.baselines import evaluate_policy, gap_closed, make_training_env, policy_from_ppo, train_ppo
 from metarl.plots import plot_adaptation_curves
 from metarl.policy import GaussianMLPPolicy
+from metarl.run.rundir import RunDir
 from metarl.runtime import seed_everything
-from metarl.train import load_run_config
-
 
 METHODS = ("random", "pretrained", "oracle")
 
@@ -37,7 +36,7 @@ def table(results: dict) -> str:
     steps = max(len(r["steps"]) for r in results.values())
     lines = ["| method | " + " | ".join(f"{k} steps" for k in range(steps)) + " |", "| --- " * (steps + 1) + "|"]
     for name, r in results.items():
-        cells = [f"{m:.2f} ± {s:.2f}" for m, s in zip(r["mean_return"], r["stderr"])]
+        cells = [f"{m:.2f} ± {s:.2f}" for m, s in zip(r["mean_return"], r["stderr"], strict=True)]
         lines.append(f"| {name} | " + " | ".join(cells + [""] * (steps - len(cells))) + " |")
     return "\n".join(lines)
 
@@ -49,7 +48,8 @@ def protocol_mismatch(result: dict, config: cfg.Config) -> str:
                 "budget": ev.budget}
     # eval.json files written before eval.tasks existed used seeded tasks.
     recorded = {"eval_tasks": "seeded", **{k: result[k] for k in expected if k in result}}
-    return ", ".join(f"{k}: {recorded[k]} there, {v} here" for k, v in expected.items() if k in recorded and recorded[k] != v)
+    return ", ".join(f"{k}: {recorded[k]} there, {v} here"
+                     for k, v in expected.items() if k in recorded and recorded[k] != v)
 
 
 def main() -> int:
@@ -64,8 +64,8 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", metavar="eval.key=value", help="evaluation protocol overrides")
     args = parser.parse_args()
     try:
-        config = load_run_config(args.run_dir, args.overrides, ("eval.",),
-                                 "only eval.* overrides (the baselines use the run's env and policy)")
+        config = RunDir.open(args.run_dir).load_config(
+            args.overrides, ("eval.",), "only eval.* overrides (the baselines use the run's env and policy)")
     except cfg.ConfigError as exc:
         print(f"baselines: error: {exc}", file=sys.stderr)
         return 2
@@ -84,8 +84,8 @@ def main() -> int:
             results["random"] = {**evaluate_policy(config, policy), "seed": args.seed}
         elif method == "pretrained":
             ppo = train_ppo(config, args.timesteps, seed=args.seed)
-            results["pretrained"] = {**evaluate_policy(config, policy_from_ppo(ppo, config)), "timesteps": args.timesteps,
-                                     "seed": args.seed}
+            results["pretrained"] = {**evaluate_policy(config, policy_from_ppo(ppo, config)),
+                                     "timesteps": args.timesteps, "seed": args.seed}
         else:
             ppo = train_ppo(config, oracle_timesteps, oracle=True, seed=args.seed)
             results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),
@@ -102,7 +102,8 @@ def main() -> int:
                   f"run `metarl evaluate {args.run_dir} {' '.join(args.overrides)}` for a comparable MAML row",
                   file=sys.stderr)
     else:
-        print(f"baselines: {maml_path} is not there yet: the table has no MAML row (run `metarl evaluate {args.run_dir}`"
+        print(f"baselines: {maml_path} is not there yet: the table has no MAML row "
+              f"(run `metarl evaluate {args.run_dir}`"
               " and any baseline again to add it)", file=sys.stderr)
     text = table(results)
     if maml and "oracle" in results and "pretrained" in results and len(results["MAML"]["mean_return"]) > 1:

@@ -18,8 +18,9 @@ from pathlib import Path
 import gymnasium as gym
 
 from metarl import config as cfg
-from metarl.sampler import VECTORIZATION_MODES
-from metarl.train import read_metrics, train
+from metarl.config import VECTORIZATION_MODES
+from metarl.run.rundir import read_metrics
+from metarl.train import train
 
 EXPERIMENTS = Path(__file__).resolve().parent
 FAMILIES = ["halfcheetah_vel", "halfcheetah_dir", "ant_vel", "ant_dir", "ant_goal",
@@ -63,7 +64,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             else:
                 print(f"{row['env']:<34}{row['batch']:>13}{row['iteration_s']:>9.1f}{row['sampling_s']:>9.1f}"
-                      f"{row['adapt_s']:>8.2f}{row['meta_update_s']:>9.2f}{row['sampler_steps_per_s']:>10.0f}", flush=True)
+                      f"{row['adapt_s']:>8.2f}{row['meta_update_s']:>9.2f}{row['sampler_steps_per_s']:>10.0f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

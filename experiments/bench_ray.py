@@ -25,8 +25,8 @@ import time
 import gymnasium as gym
 import torch
 
-import envs  # noqa: F401  (registers the task envs)
-from envs.batched import cpu_cores
+import metarl.envs  # noqa: F401  (registers the task envs)
+from metarl.envs.batched import cpu_cores
 from metarl.policy import GaussianMLPPolicy
 from metarl.ray_sampler import RaySampler, import_ray
 from metarl.sampler import Sampler

@@ -15,16 +15,12 @@ import time
 from pathlib import Path
 
 from metarl import config as cfg
+from metarl.paper import paper_results
 from metarl.train import train
 
 # Finn, Abbeel & Levine (2017), Figure 4 (2D navigation), mean +- s.e. over 40 test tasks after
-# 0..3 gradient steps, decoded from the authors' result files.
-PAPER = {
-    "MAML": ([-40.41, -11.68, -3.33, -3.23], [2.07, 1.12, 0.29, 0.30]),
-    "pretrained": ([-40.81, -19.73, -11.72, -8.47], [2.09, 1.54, 0.85, 0.28]),
-    "random init": ([-82.66, -57.96, -53.84, -46.81], [1.12, 0.95, 0.84, 0.66]),
-    "oracle": ([-2.29], [0.07]),
-}
+# 0, 1, ... gradient steps, decoded from the authors' result files (metarl/data, see metarl/paper.py).
+PAPER = paper_results("point")
 
 
 def comparison_table(ours: dict) -> str:
@@ -32,16 +28,18 @@ def comparison_table(ours: dict) -> str:
     header = "| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |"
     rows = [header, "|" + " --- |" * (len(steps) + 1)]
     cell = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
-    rows.append("| metarl MAML (ours) | " + " | ".join(cell(m, s) for m, s in zip(ours["mean_return"], ours["stderr"])) + " |")
+    rows.append("| metarl MAML (ours) | "
+                + " | ".join(cell(m, s) for m, s in zip(ours["mean_return"], ours["stderr"], strict=True)) + " |")
     for name, (means, ses) in PAPER.items():
-        cells = [cell(m, s) for m, s in zip(means, ses)] + [""] * (len(steps) - len(means))
+        cells = [cell(m, s) for m, s in zip(means, ses, strict=True)] + [""] * (len(steps) - len(means))
         rows.append(f"| paper {name} | " + " | ".join(cells[: len(steps)]) + " |")
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(Path(__file__).with_name("navigation2d.yaml")), help="experiment config")
+    parser.add_argument("--config", default=str(Path(__file__).with_name("navigation2d.yaml")),
+                        help="experiment config")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args()
     config = cfg.load(args.config, args.overrides)

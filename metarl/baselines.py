@@ -21,19 +21,24 @@ import torch
 from torch import nn
 
 from metarl import config as cfg
-from metarl.evaluate import eval_tasks, evaluate_protocol
+from metarl.evaluate import evaluate_protocol
 from metarl.policy import GaussianMLPPolicy
-from metarl.train import make_sampler
+from metarl.run.factory import eval_tasks, make_sampler
+from metarl.runtime import generator
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 class TaskDistribution(gym.Wrapper):
-    """Installs a new task from the env's own distribution at every reset (no task information)."""
+    """Installs a new task from the env's own distribution at every reset (no task information).
+    Seeding it puts the env's generator (its tasks and reset noise) on the "baselines" stream of the
+    seed, which no training or test stream shares."""
 
     def reset(self, **kwargs: Any):
         if "seed" in kwargs and kwargs["seed"] is not None:
-            self.env.reset(seed=kwargs.pop("seed"))  # seeds the task sampler too
+            seed = kwargs.pop("seed")
+            self.env.reset(seed=seed)
+            self.env.unwrapped.np_random = generator(seed, "baselines")
         base = self.env.unwrapped
         base.set_task(base.sample_tasks(1)[0])
         return self.env.reset(**kwargs)
@@ -64,7 +69,8 @@ def train_ppo(config: cfg.Config, timesteps: int, oracle: bool = False, seed: in
     model = PPO(
         "MlpPolicy",
         make_training_env(config, oracle),
-        policy_kwargs={"net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": ACTIVATIONS[config.policy.nonlinearity],
+        policy_kwargs={"net_arch": {"pi": hidden, "vf": hidden},
+                       "activation_fn": ACTIVATIONS[config.policy.nonlinearity],
                        "log_std_init": float(torch.log(torch.tensor(config.policy.init_std)))},
         gamma=config.maml.gamma,
         seed=seed,
@@ -93,14 +99,14 @@ def policy_from_ppo(model: Any, config: cfg.Config) -> GaussianMLPPolicy:
 
 def evaluate_policy(config: cfg.Config, policy: GaussianMLPPolicy, oracle: bool = False) -> dict[str, Any]:
     """The evaluation protocol of ``config.eval`` (no adaptation for the oracle)."""
-    ev = config.eval
     if oracle:
         config = _with_oracle(config)
     tasks = eval_tasks(config)
-    sampler = make_sampler(config, torch.device("cpu"), ev.seed)
-    result = evaluate_protocol(config, policy, sampler, tasks, num_steps=0 if oracle else None)
-    sampler.close()
-    return result
+    sampler = make_sampler(config, torch.device("cpu"), "eval_sampler")
+    try:
+        return evaluate_protocol(config, policy, sampler, tasks, num_steps=0 if oracle else None)
+    finally:
+        sampler.close()
 
 
 def _with_oracle(config: cfg.Config) -> cfg.Config:

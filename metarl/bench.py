@@ -38,10 +38,11 @@ import torch
 from mujoco import rollout
 
 import metarl.config as cfg
-from envs.batched import cpu_cores
-from envs.mujoco_batch import MujocoBatchSim
+from metarl.envs.batched import cpu_cores
+from metarl.envs.mujoco_batch import MujocoBatchSim
 from metarl.maml import trpo_meta_step
-from metarl.train import build, collect_meta_batch, meta_iteration
+from metarl.run.factory import build
+from metarl.run.iteration import collect_meta_batch, meta_iteration
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,13 @@ class BenchEnv:
 
 
 BENCH_ENVS = {
-    "HalfCheetahVel": BenchEnv("metarl/HalfCheetahVel-v0", 40, 20, 100, (64, 64), "tanh", 0.1, "pytorch-maml-rl halfcheetah-vel"),
+    "HalfCheetahVel": BenchEnv("metarl/HalfCheetahVel-v0", 40, 20, 100, (64, 64), "tanh", 0.1,
+                               "pytorch-maml-rl halfcheetah-vel"),
     "AntVel": BenchEnv("metarl/AntVel-v0", 40, 20, 100, (64, 64), "tanh", 0.1, "pytorch-maml-rl ant-vel"),
-    "HopperRandParams": BenchEnv("metarl/HopperRandParams-v0", 40, 20, 200, (64, 64), "tanh", 0.05, "ProMP hopper-rand-params"),
-    "Navigation2D": BenchEnv("metarl/Navigation2D-v0", 20, 20, 100, (100, 100), "relu", 0.1, "MAML paper 2D navigation"),
+    "HopperRandParams": BenchEnv("metarl/HopperRandParams-v0", 40, 20, 200, (64, 64), "tanh", 0.05,
+                                 "ProMP hopper-rand-params"),
+    "Navigation2D": BenchEnv("metarl/Navigation2D-v0", 20, 20, 100, (100, 100), "relu", 0.1,
+                             "MAML paper 2D navigation"),
 }
 
 
@@ -101,9 +105,9 @@ def rollout_limit(config: cfg.Config, repeats: int) -> float | None:
     parts = build(config)
     num_envs = config.maml.meta_batch_size * config.sampler.episodes_per_task
     sampler = parts.sampler
-    sim = sampler._batched_sim(num_envs) if sampler.batched else None
+    sim = sampler.stepper(num_envs).sim if sampler.batched else None
     if not isinstance(sim, MujocoBatchSim):
-        sampler.close()
+        parts.close()
         return None
     tasks = parts.task_env.unwrapped.sample_tasks(config.maml.meta_batch_size)
     episodes = sampler.sample(parts.policy, None, tasks, config.sampler.episodes_per_task)
@@ -122,11 +126,13 @@ def rollout_limit(config: cfg.Config, repeats: int) -> float | None:
             sim._models, datas, state, controls, skip_checks=True, nstep=nstep, state=out, sensordata=sensors,
             control_spec=mujoco.mjtState.mjSTATE_CTRL.value,
         ))
-    sampler.close()
+    parts.close()
     return num_envs * horizon / seconds
 
 
-def sampler_rate(config: cfg.Config, vectorization: str, repeats: int, tasks: int | None = None, episodes: int | None = None) -> float:
+def sampler_rate(
+    config: cfg.Config, vectorization: str, repeats: int, tasks: int | None = None, episodes: int | None = None
+) -> float:
     """Valid env steps per second of one ``Sampler.sample`` call on the batch."""
     config = copy.deepcopy(config)
     config.sampler.vectorization = vectorization
@@ -140,7 +146,7 @@ def sampler_rate(config: cfg.Config, vectorization: str, repeats: int, tasks: in
     sample()  # warm-up: builds the vector env or simulator
     seconds, episodes_batch = best_of(repeats, sample)
     steps = episodes_batch.num_steps
-    parts.sampler.close()
+    parts.close()
     return steps / seconds
 
 
@@ -155,7 +161,8 @@ def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float]:
     def update(tasks_per_group: int | None) -> Callable[[], Any]:
         def run() -> Any:
             parts.policy.load_state_dict(start_state)
-            return trpo_meta_step(parts.policy, batch, maml.inner_lr, max_kl=config.trpo.max_kl, tasks_per_group=tasks_per_group)
+            return trpo_meta_step(parts.policy, batch, maml.inner_lr, max_kl=config.trpo.max_kl,
+                                  tasks_per_group=tasks_per_group)
         return run
 
     times = {
@@ -165,7 +172,7 @@ def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float]:
     }
     parts.policy.load_state_dict(start_state)
     times["iteration_s"] = best_of(repeats, lambda: meta_iteration(config, parts))[0]
-    parts.sampler.close()
+    parts.close()
     return times
 
 
@@ -176,7 +183,8 @@ def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {
         "env": name,
         "env_id": spec.env_id,
-        "config": f"{config.maml.meta_batch_size} tasks x {config.sampler.episodes_per_task} episodes x {config.sampler.horizon} steps",
+        "config": (f"{config.maml.meta_batch_size} tasks x {config.sampler.episodes_per_task} episodes"
+                   f" x {config.sampler.horizon} steps"),
         "source": spec.source,
         "threads": args.threads,
     }
@@ -185,7 +193,8 @@ def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
     row["sync_vector_steps_per_s"] = sampler_rate(config, "sync", max(1, args.repeats - 1))
     async_tasks = max(1, args.async_envs // 4)
     row["async_vector_steps_per_s"] = (
-        sampler_rate(config, "async", 1, tasks=async_tasks, episodes=max(1, args.async_envs // async_tasks)) if args.async_envs else None
+        sampler_rate(config, "async", 1, tasks=async_tasks, episodes=max(1, args.async_envs // async_tasks))
+        if args.async_envs else None
     )
     limit = row["limit_steps_per_s"]
     row["sampler_vs_limit"] = row["sampler_steps_per_s"] / limit if limit else None
@@ -206,7 +215,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"{'env':<17} {'limit':>9} {'sampler':>9} {'/limit':>7} {'sync':>9} {'async':>8} {'/sync':>6}"
         f" {'update':>7} {'1 group':>8} {'per-task':>9} {'iter':>7}"
     )
-    lines = [header, f"{'':<17} {'steps/s':>9} {'steps/s':>9} {'':>7} {'steps/s':>9} {'steps/s':>8} {'':>6} {'s':>7} {'s':>8} {'s':>9} {'s':>7}"]
+    lines = [header, f"{'':<17} {'steps/s':>9} {'steps/s':>9} {'':>7} {'steps/s':>9} {'steps/s':>8} {'':>6}"
+                     f" {'s':>7} {'s':>8} {'s':>9} {'s':>7}"]
     for r in rows:
         lines.append(
             f"{r['env']:<17} {_fmt(r['limit_steps_per_s'], ',.0f'):>9} {_fmt(r['sampler_steps_per_s'], ',.0f'):>9}"

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from metarl.config import ConfigError
+
 PACKAGES = ("metarl", "torch", "gymnasium", "mujoco", "numpy")
 
 
@@ -23,10 +25,15 @@ def versions() -> dict[str, str]:
     return found
 
 
-def atomic_write_bytes(path: str | Path, write: Any) -> None:
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: unreadable, truncated, or not fitting the run's config."""
+
+
+def atomic_write_bytes(path: str | Path, write: Any, keep_previous: str | Path | None = None) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, then rename it over ``path``.
 
-    A crash before the rename leaves the previous file intact.
+    A crash before the rename leaves the previous file intact. ``keep_previous``: move the file
+    being replaced there first (a crash between the two renames leaves it there, and no ``path``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,20 +43,40 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.is_file():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Save ``state`` (tensors, state dicts and plain Python data) atomically, adding package versions."""
+def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: str | Path | None = None) -> None:
+    """Save ``state`` (tensors, state dicts and plain Python data) atomically, adding package versions
+    (``keep_previous``: see :func:`atomic_write_bytes`)."""
     state = {**state, "versions": versions()}
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_write_bytes(path, lambda f: torch.save(state, f), keep_previous)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", advice: str = "") -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        CheckpointError: it cannot be read (truncated, corrupt) or is not a metarl checkpoint;
+            ``advice`` (what to use instead) ends the message.
+    """
     path = Path(path)
+    advice = f"; {advice}" if advice else ""
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise FileNotFoundError(f"no checkpoint at {path}{advice}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {first_line}): it is truncated or corrupt"
+                              f"{advice}") from exc
+    missing = [key for key in ("iteration", "policy", "config") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a metarl checkpoint (it has no {', '.join(missing)}){advice}")
+    return state

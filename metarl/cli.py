@@ -14,7 +14,7 @@ import gymnasium as gym
 from metarl import bench
 from metarl import config as cfg
 from metarl.ray_sampler import SamplerWorkerError
-from metarl.sampler import TaskEnvError, import_task_module, registered_task_env_ids
+from metarl.sampler import NonFiniteEnvError, TaskEnvError, import_task_module, registered_task_env_ids
 
 EXIT_BAD_INPUT = 2
 
@@ -39,7 +39,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
     header = ("id", "horizon", "task space", "description")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
     return 0
 
 
@@ -54,15 +54,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.insert(0, args.config)
     elif args.config is None:
         raise cfg.ConfigError("give a CONFIG (e.g. experiments/navigation2d.yaml) or --resume RUN_DIR")
+    if args.checkpoint and not args.resume:
+        raise cfg.ConfigError("--checkpoint only goes with --resume RUN_DIR")
     try:
         if args.resume:
-            run_dir = resume(args.resume, overrides, quiet=args.quiet)
+            run_dir = resume(args.resume, overrides, quiet=args.quiet, checkpoint=args.checkpoint)
         else:
             run_dir = train(cfg.load(args.config, overrides), quiet=args.quiet)
     except TrainingInterrupted as stopped:
         print(f"metarl train: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
-    except SamplerWorkerError as exc:  # Ray backend: the message names the env and the tasks
+    except (SamplerWorkerError, NonFiniteEnvError) as exc:  # the message names the env and the tasks
         print(f"metarl train: error: {exc}\nthe last checkpoint stays; resume with metarl train --resume RUN_DIR",
               file=sys.stderr)
         return 1
@@ -76,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from metarl.plots import plot_runs
-    from metarl.train import read_metrics
+    from metarl.run.rundir import read_metrics
 
     if args.labels and len(args.labels) != len(args.run_dirs):
         raise cfg.ConfigError(f"--labels: got {len(args.labels)} labels for {len(args.run_dirs)} runs")
@@ -115,7 +117,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluate import format_table
-    from metarl.train import evaluate_run
+    from metarl.run.evaluation import evaluate_run
 
     result = evaluate_run(args.run_dir, args.overrides, args.checkpoint)
     print(format_table(result))
@@ -134,12 +136,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override any config field, e.g. run.iterations=10 maml.inner_lr=0.5")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue RUN_DIR from checkpoints/last.pt (overrides: run.iterations, run.checkpoint_every, eval.*)")
+                   help="continue RUN_DIR from checkpoints/last.pt (overrides: run.iterations, run.checkpoint_every, "
+                   "run.checkpoint_minutes, run.device, eval.*, tracking.*)")
+    p.add_argument("--checkpoint",
+                   help="with --resume: the checkpoint to continue from (e.g. RUN_DIR/checkpoints/previous.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages (for logs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run with the paper protocol",
-                       description="Adapt the run's meta-learned policy on held-out tasks; writes eval.json and eval.png.")
+                       description="Adapt the run's meta-learned policy on held-out tasks; "
+                       "writes eval.json and eval.png.")
     p.add_argument("run_dir", help="a run directory written by `metarl train`")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override config fields, e.g. eval.num_steps=5 eval.step_sizes=[0.1]")
@@ -147,18 +153,21 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="measure sampling and meta-update speed",
-                       description="Measure env steps/s (raw MuJoCo rollout, metarl's sampler, gymnasium's vector envs) "
-                       "and meta-update time (as trained, all tasks in one group, task by task) at the literature's configs.")
+                       description="Measure env steps/s (raw MuJoCo rollout, metarl's sampler, "
+                       "gymnasium's vector envs) and meta-update time (as trained, all tasks in one group, "
+                       "task by task) at the literature's configs.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
 
     p = sub.add_parser("plot", help="plot several runs on one figure",
-                       description="Training curves (return before and after adaptation against the meta-iteration) and, "
-                       "for evaluated runs, adaptation curves (eval.json) of one or more run directories, in one PNG.")
+                       description="Training curves (return before and after adaptation against the "
+                       "meta-iteration) and, for evaluated runs, adaptation curves (eval.json) of one or more "
+                       "run directories, in one PNG.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `metarl train`")
     p.add_argument("--out", default="runs.png", help="output PNG (default: runs.png)")
     p.add_argument("--labels", nargs="+", help="one label per run (default: the run directories' names)")
-    p.add_argument("--smooth", type=int, default=1, metavar="N", help="moving average over N meta-iterations (default 1)")
+    p.add_argument("--smooth", type=int, default=1, metavar="N",
+                   help="moving average over N meta-iterations (default 1)")
     p.add_argument("--title", default="", help="figure title")
     p.set_defaults(func=cmd_plot)
 
@@ -181,8 +190,25 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+#: Subcommands whose ``key=value`` overrides may also come after flags (``train CONFIG --quiet key=value``).
+TAKES_OVERRIDES = ("train", "evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse stops collecting positionals at the first flag; overrides after flags are added here."""
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if extra:
+        overrides = [text for text in extra if "=" in text and not text.startswith("-")]
+        unknown = [text for text in extra if text not in overrides]
+        if unknown or args.command not in TAKES_OVERRIDES:
+            top.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+        args.overrides = list(args.overrides) + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     # User task envs are named "module:Env-v0"; like `python -m`, look for the module here first.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -191,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except (cfg.ConfigError, TaskEnvError, FileNotFoundError) as exc:
         print(f"metarl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (NonFiniteEnvError, SamplerWorkerError) as exc:  # evaluate and render sample too
+        print(f"metarl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

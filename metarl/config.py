@@ -1,12 +1,14 @@
 """Typed experiment configuration: nested dataclasses, loaded from YAML, overridden by ``dotted.key=value``.
 
 Every field is checked against its annotation; a bad key or value raises :class:`ConfigError`
-naming the field and what it accepts.
+naming the field and what it accepts. This module is the bottom layer of metarl: it imports nothing
+from the rest of the project, which takes its allowed values (the tuples below) from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -16,9 +18,19 @@ from typing import Any, Union
 
 import yaml
 
-from metarl.policy import NONLINEARITIES
-from metarl.maml import INNER_LOSSES
-from metarl.sampler import SAMPLE_BUDGETS, VECTORIZATION_MODES
+#: Hidden activations of the policy (``policy.nonlinearity``; metarl.policy implements each).
+NONLINEARITIES = ("relu", "tanh")
+#: Inner-loop losses (``maml.inner_loss``; metarl.maml implements each).
+INNER_LOSSES = ("vpg", "lvc", "dice")
+#: Meta-updates (``maml.outer``; metarl.outer implements each).
+OUTER_UPDATES = ("trpo", "promp", "adam")
+#: How the sampler steps its sub-environments (``sampler.vectorization``, see metarl.sampler).
+VECTORIZATION_MODES = ("auto", "batched", "vector_entry_point", "sync", "async")
+#: How many episodes a batch holds: a fixed number per task, or whole episodes up to a step budget.
+SAMPLE_BUDGETS = ("episodes", "steps")
+#: Where the evaluation's held-out tasks come from (``eval.tasks``).
+EVAL_TASK_SOURCES = ("seeded", "paper")
+TRACKING_MODES = ("offline", "online", "disabled")
 
 
 class ConfigError(ValueError):
@@ -60,6 +72,10 @@ class SamplerConfig:
     budget: str = "episodes"
     """episodes: episodes_per_task episodes per task; steps: whole episodes until each task has
     episodes_per_task * horizon steps (rllab's batches in the MAML authors' code)."""
+    bootstrap_truncated: bool = False
+    """false (the MAML papers' code): an episode cut off by a time limit (the horizon, or the env's
+    truncated=True) ends there like a terminal state. true: its return continues with
+    gamma * the baseline's value of the observation it was cut off in."""
 
 
 @dataclass
@@ -159,9 +175,12 @@ class RunConfig:
     output_dir: str = "runs"
     """Parent folder of run directories."""
     name: str | None = None
-    """Run directory name; null makes one from the env and the time."""
+    """Run directory name; null makes a unique one from the env, the time, the seed and a random suffix."""
     checkpoint_every: int = 50
     """Write checkpoints/last.pt every this many iterations (and at the end)."""
+    checkpoint_minutes: float = 5.0
+    """Also write it once this many minutes have passed since the last one (a run killed without
+    warning loses at most that much); 0: only every checkpoint_every iterations."""
 
 
 @dataclass
@@ -176,9 +195,6 @@ class RayConfig:
     """Times per round a worker whose process died is replaced and its tasks re-run."""
     timeout_s: float = 600.0
     """Longest one round of episodes may take before sampling stops with an error naming the tasks."""
-
-
-TRACKING_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
@@ -219,20 +235,17 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-#: Where the evaluation's held-out tasks come from (``eval.tasks``).
-EVAL_TASK_SOURCES = ("seeded", "paper")
-
 # Choices and ranges checked after the types.
 CHOICES = {
-    "policy.nonlinearity": tuple(NONLINEARITIES),
+    "policy.nonlinearity": NONLINEARITIES,
     "sampler.vectorization": VECTORIZATION_MODES,
     "sampler.budget": SAMPLE_BUDGETS,
     "sampler.backend": ("local", "ray"),
     "eval.budget": SAMPLE_BUDGETS,
     "eval.tasks": EVAL_TASK_SOURCES,
     "tracking.mode": TRACKING_MODES,
-    "maml.inner_loss": tuple(INNER_LOSSES),
-    "maml.outer": ("trpo", "promp", "adam"),
+    "maml.inner_loss": INNER_LOSSES,
+    "maml.outer": OUTER_UPDATES,
 }
 POSITIVE = {
     "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",
@@ -241,8 +254,8 @@ POSITIVE = {
     "run.iterations", "run.checkpoint_every", "maml.baseline_ridge", "ppo.lr", "ppo.epochs", "ppo.clip",
     "ray.workers", "ray.cpus_per_worker", "ray.timeout_s",
 }
-NON_NEGATIVE = {"eval.num_steps", "trpo.cg_damping", "trpo.tasks_per_group", "tracking.videos", "ppo.inner_kl_coef",
-                "ppo.inner_kl_target", "ray.max_retries"}
+NON_NEGATIVE = {"eval.num_steps", "run.checkpoint_minutes", "trpo.cg_damping", "trpo.tasks_per_group",
+                "tracking.videos", "ppo.inner_kl_coef", "ppo.inner_kl_target", "ray.max_retries"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda"}
 SEEDS = {"run.seed", "eval.seed"}
 
@@ -286,10 +299,15 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
-            return float(value)
+            number = float(value)
+        elif isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
+            number = float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -335,7 +353,8 @@ def _validate(config: Config) -> None:
     if not 0.0 < config.trpo.backtrack_ratio < 1.0:
         raise ConfigError(f"trpo.backtrack_ratio: must be in (0, 1), got {config.trpo.backtrack_ratio!r}")
     if not config.policy.hidden_sizes or min(config.policy.hidden_sizes) <= 0:
-        raise ConfigError(f"policy.hidden_sizes: must be a non-empty list of positive ints, got {config.policy.hidden_sizes}")
+        raise ConfigError(f"policy.hidden_sizes: must be a non-empty list of positive ints, "
+                          f"got {config.policy.hidden_sizes}")
     if not config.eval.step_sizes or min(config.eval.step_sizes) <= 0:
         raise ConfigError(f"eval.step_sizes: must be a non-empty list of positive floats, got {config.eval.step_sizes}")
     device = config.run.device
@@ -379,7 +398,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for depth, key in enumerate(keys):
             hints = _field_types(cls) if cls is not None else None
             if hints is not None and key not in hints:
-                raise ConfigError(f"unknown key {prefix}{key}; allowed in {prefix[:-1] or 'config'}: {', '.join(hints)}")
+                raise ConfigError(f"unknown key {prefix}{key}; "
+                                  f"allowed in {prefix[:-1] or 'config'}: {', '.join(hints)}")
             last = depth == len(keys) - 1
             if last:
                 node[key] = value
@@ -400,7 +420,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
         data = _merge(data, loaded, "")
@@ -417,5 +443,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str) -> dict[st
     return merged
 
 
+def dumps(config: Config) -> str:
+    """The config as YAML text (what ``config.yaml`` holds)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def dump(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    Path(path).write_text(dumps(config))

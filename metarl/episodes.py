@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from metarl.returns import dice_weights, discounted_returns, gae, linear_feature_baseline, normalize_advantages
+from metarl.returns import (
+    bootstrap_rewards,
+    dice_weights,
+    discounted_returns,
+    gae,
+    linear_feature_baseline,
+    normalize_advantages,
+)
 
 
 @dataclass
@@ -15,7 +23,9 @@ class Episodes:
     """Episodes of several tasks, padded to a fixed horizon.
 
     Shapes use T = tasks, E = episodes per task, H = horizon. Step ``h`` of an episode is valid
-    (``mask == 1``) if the episode had not terminated before it; the terminal step itself is valid.
+    (``mask == 1``) if the episode had not ended before it; its last step itself is valid. An episode
+    ends by termination (a terminal state: nothing follows) or truncation (cut off by a time limit,
+    the env's or the sampler's horizon: it could have gone on); the sampler keeps the two apart.
 
     Attributes:
         observations: ``[T, E, H, obs_dim]`` observation the action was taken in.
@@ -26,6 +36,9 @@ class Episodes:
         advantages: ``[T, E, H]``, filled in by :meth:`compute_advantages`.
         dice_weights: ``[T, E, H]`` per-step weights of the DiCE inner loss
             (:func:`metarl.returns.dice_weights`), filled in by :meth:`compute_advantages`.
+        terminated, truncated: ``[T, E]`` bool, how each episode ended (both False for an empty
+            slot); None for batches built without them (treated as terminated).
+        final_observations: ``[T, E, obs_dim]`` the observation a truncated episode was cut off in.
     """
 
     observations: Tensor
@@ -35,6 +48,9 @@ class Episodes:
     tasks: list[Any]
     advantages: Tensor | None = field(default=None)
     dice_weights: Tensor | None = field(default=None)
+    terminated: Tensor | None = field(default=None)
+    truncated: Tensor | None = field(default=None)
+    final_observations: Tensor | None = field(default=None)
 
     def __post_init__(self) -> None:
         num_tasks, num_episodes, horizon = self.rewards.shape
@@ -42,7 +58,8 @@ class Episodes:
             raise ValueError(f"mask {tuple(self.mask.shape)} != rewards {tuple(self.rewards.shape)}")
         for name in ("observations", "actions"):
             if getattr(self, name).shape[:3] != self.rewards.shape:
-                raise ValueError(f"{name} {tuple(getattr(self, name).shape)} do not start with {tuple(self.rewards.shape)}")
+                raise ValueError(f"{name} {tuple(getattr(self, name).shape)} "
+                                 f"do not start with {tuple(self.rewards.shape)}")
         if len(self.tasks) != num_tasks:
             raise ValueError(f"{len(self.tasks)} tasks for {num_tasks} rows of episodes")
 
@@ -55,15 +72,31 @@ class Episodes:
         """Number of valid environment steps in the batch."""
         return int(self.mask.sum().item())
 
+    def _map(self, fn: Any, tasks: list[Any] | None = None) -> Episodes:
+        """A batch with ``fn`` applied to every tensor field (None stays None)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tasks"}
+        values = {name: None if x is None else fn(x) for name, x in values.items()}
+        return replace(self, tasks=self.tasks if tasks is None else tasks, **values)
+
     def task_slice(self, start: int, stop: int) -> Episodes:
         """The episodes of tasks ``start:stop`` (views, not copies)."""
-        def rows(x: Tensor | None) -> Tensor | None:
-            return None if x is None else x[start:stop]
+        return self._map(lambda x: x[start:stop], self.tasks[start:stop])
 
-        return Episodes(
-            self.observations[start:stop], self.actions[start:stop], self.rewards[start:stop],
-            self.mask[start:stop], self.tasks[start:stop], rows(self.advantages), rows(self.dice_weights),
-        )
+    def episode_slice(self, start: int, stop: int) -> Episodes:
+        """Episodes ``start:stop`` of every task (views)."""
+        return self._map(lambda x: x[:, start:stop])
+
+    def keep_episodes(self, kept: Tensor) -> Episodes:
+        """The batch with the episodes where ``kept`` (``[T, E]`` bool) is False emptied: zero mask and
+        rewards, neither terminated nor truncated."""
+        weight = kept.to(self.mask.dtype)
+        out = replace(self, rewards=self.rewards * weight[..., None], mask=self.mask * weight[..., None])
+        if self.terminated is not None:
+            out.terminated, out.truncated = self.terminated & kept, self.truncated & kept
+        return out
+
+    def to(self, device: torch.device | str) -> Episodes:
+        return self._map(lambda x: x.to(device))
 
     def episode_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[T, E]`` (zero for an episode with no valid step)."""
@@ -85,14 +118,41 @@ class Episodes:
         kept = self.episode_mask
         return float(((self.episode_returns() * kept).sum() / kept.sum().clamp(min=1.0)).item())
 
-    def compute_advantages(self, gamma: float, gae_lambda: float, ridge: float = 1e-5, normalize: bool = True) -> Tensor:
+    def compute_advantages(
+        self, gamma: float, gae_lambda: float, ridge: float = 1e-5, normalize: bool = True,
+        bootstrap_truncated: bool = False
+    ) -> Tensor:
         """GAE advantages against a per-task linear feature baseline, normalised per task (also
-        the DiCE weights against the same baseline, scaled per task when ``normalize``)."""
-        returns = discounted_returns(self.rewards, self.mask, gamma)
+        the DiCE weights against the same baseline, scaled per task when ``normalize``).
+
+        ``bootstrap_truncated``: a truncated episode's return continues with ``gamma V(s_L)``, the
+        baseline's value of the observation it was cut off in (:func:`metarl.returns.bootstrap_rewards`;
+        the baseline is fitted once without the bootstrap to value that observation, then refitted
+        on the bootstrapped returns). Off: every episode ends where it stops, as in the MAML papers.
+        The recorded rewards (and so the reported returns) never change.
+        """
+        rewards = self.rewards
+        if bootstrap_truncated and self.truncated is not None and bool(self.truncated.any()):
+            returns = discounted_returns(rewards, self.mask, gamma)
+            _, final_values = linear_feature_baseline(self.observations, returns, self.mask, ridge=ridge,
+                                                      final_observations=self.final_observations)
+            rewards = bootstrap_rewards(rewards, self.mask, self.truncated, final_values, gamma)
+        returns = discounted_returns(rewards, self.mask, gamma)
         values = linear_feature_baseline(self.observations, returns, self.mask, ridge=ridge)
-        advantages = gae(self.rewards, values, self.mask, gamma, gae_lambda)
+        advantages = gae(rewards, values, self.mask, gamma, gae_lambda)
         if normalize:
             advantages = normalize_advantages(advantages, self.mask)
         self.advantages = advantages
-        self.dice_weights = dice_weights(self.rewards, values, self.mask, gamma, normalize, returns=returns)
+        self.dice_weights = dice_weights(rewards, values, self.mask, gamma, normalize, returns=returns)
         return advantages
+
+
+def concat_episodes(parts: list[Episodes], dim: int = 0) -> Episodes:
+    """Batches joined along tasks (``dim=0``: shards of one round) or episodes (``dim=1``: rounds of
+    the same tasks). Fields missing (None) in any part are None in the result."""
+    def cat(name: str) -> Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else torch.cat(values, dim=dim)
+
+    tasks = [t for p in parts for t in p.tasks] if dim == 0 else parts[0].tasks
+    return Episodes(**{f.name: cat(f.name) for f in fields(Episodes) if f.name != "tasks"}, tasks=tasks)

@@ -1,6 +1,6 @@
 """Meta-test evaluation with the MAML paper's protocol.
 
-From the meta-learned parameters, each of ``num_tasks`` held-out tasks (drawn from a fixed seed) is
+From the meta-learned parameters, each of ``num_tasks`` held-out tasks (``metarl.run.factory.eval_tasks``) is
 adapted with policy-gradient steps on fresh episodes (the run's inner loss, plain VPG by default);
 the average episode return is recorded before each step. Reported: the mean over tasks after
 0..num_steps steps, with its standard error.
@@ -15,31 +15,11 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from envs.base import implements, task_to_json
 from metarl import config as cfg
+from metarl.envs.base import implements, task_to_json
 from metarl.maml import MetaSGDStepSizes, adapt
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_params
-from metarl.sampler import Sampler
-
-
-def test_tasks(env_id: str, env_kwargs: dict[str, Any], num_tasks: int, seed: int, source: str = "seeded") -> list[Any]:
-    """The held-out tasks: ``num_tasks`` draws from a fresh env seeded with ``seed`` (``source``
-    "seeded"), or the env's ``paper_test_tasks`` ("paper", see :func:`check_eval_tasks`)."""
-    env = gym.make(env_id, **env_kwargs)
-    check_eval_tasks(env, source)
-    if source == "paper":
-        tasks = env.unwrapped.paper_test_tasks(num_tasks)
-    else:
-        env.reset(seed=seed)
-        tasks = env.unwrapped.sample_tasks(num_tasks)
-    env.close()
-    return tasks
-
-
-def eval_tasks(config: cfg.Config) -> list[Any]:
-    """The held-out tasks of ``config.eval`` for ``config.env``."""
-    ev = config.eval
-    return test_tasks(config.env.id, config.env.kwargs, ev.num_tasks, ev.seed, ev.tasks)
+from metarl.sampler import BaseSampler
 
 
 def check_eval_tasks(env: gym.Env, source: str) -> None:
@@ -55,7 +35,7 @@ def check_eval_tasks(env: gym.Env, source: str) -> None:
 
 def evaluate(
     policy: GaussianMLPPolicy,
-    sampler: Sampler,
+    sampler: BaseSampler,
     tasks: list[Any],
     num_steps: int = 3,
     step_sizes: tuple[float, ...] = (0.1, 0.05),
@@ -68,6 +48,7 @@ def evaluate(
     on_step: Callable[[int, Params], None] | None = None,
     inner_loss: str = "vpg",
     learned_step_sizes: Params | None = None,
+    bootstrap_truncated: bool = False,
 ) -> dict[str, Any]:
     """Adapt ``policy`` to each task for ``num_steps`` inner steps and record returns after each.
 
@@ -94,7 +75,7 @@ def evaluate(
             break
         step_size = learned_step_sizes if learned_step_sizes is not None else step_sizes[min(k, len(step_sizes) - 1)]
         used_step_sizes.append("learned" if learned_step_sizes is not None else step_size)
-        episodes.compute_advantages(gamma, gae_lambda, baseline_ridge, normalize_advantages)
+        episodes.compute_advantages(gamma, gae_lambda, baseline_ridge, normalize_advantages, bootstrap_truncated)
         params = detach_params(adapt(policy, params, episodes, step_size, first_order=True, inner_loss=inner_loss))
     means = [float(r.mean()) for r in per_task]
     stderrs = [float(r.std(unbiased=True)) / math.sqrt(num_tasks) if num_tasks > 1 else 0.0 for r in per_task]
@@ -114,7 +95,7 @@ def evaluate(
 def evaluate_protocol(
     config: cfg.Config,
     policy: GaussianMLPPolicy,
-    sampler: Sampler,
+    sampler: BaseSampler,
     tasks: list[Any],
     step_sizes: MetaSGDStepSizes | None = None,
     num_steps: int | None = None,
@@ -127,13 +108,13 @@ def evaluate_protocol(
     return evaluate(
         policy, sampler, tasks, ev.num_steps if num_steps is None else num_steps, tuple(ev.step_sizes),
         ev.episodes_per_task, maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
-        on_step, maml.inner_loss, learned,
+        on_step, maml.inner_loss, learned, config.sampler.bootstrap_truncated,
     )
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The adaptation table: one row per number of steps, mean +- standard error over tasks."""
     lines = [f"{'steps':>5}  {'mean return':>12}  {'s.e.':>7}   ({result['num_tasks']} test tasks)"]
-    for step, mean, se in zip(result["steps"], result["mean_return"], result["stderr"]):
+    for step, mean, se in zip(result["steps"], result["mean_return"], result["stderr"], strict=True):
         lines.append(f"{step:>5}  {mean:>12.2f}  {se:>7.2f}")
     return "\n".join(lines)

@@ -9,8 +9,9 @@ One meta-iteration, for a batch of T tasks (all computed together, parameters st
    where ``ratio = pi_{theta_K(theta)}(a|s) / pi_old(a|s)``, differentiated through the adaptation
    (second order by default; first order treats each ``grad L_vpg`` as a constant).
 4. TRPO: natural-gradient direction by conjugate gradient on exact Hessian-vector products of the
-   mean post-adaptation KL (computed as ``J^T F J``, :func:`_meta_problem`), scaled to the KL bound, then a backtracking line search; the step is
-   reverted when no candidate lowers the loss within the bound (:func:`trpo_meta_step`).
+   mean post-adaptation KL (computed as ``J^T F J``, :func:`_meta_problem`), scaled to the KL bound,
+   then a backtracking line search; the step is reverted when no candidate lowers the loss within
+   the bound (:func:`trpo_meta_step`).
 
 The loss is the mean over tasks rather than the sum: the TRPO step is the same either way (the
 direction and its scaling to the KL bound cancel any constant factor), and per-task numbers are
@@ -127,7 +128,7 @@ class MetaSGDStepSizes(nn.Module):
 
     def as_params(self) -> Params:
         """The step sizes keyed by parameter name (an :data:`StepSize`), trainable."""
-        return dict(zip(self.names, self.alphas))
+        return dict(zip(self.names, self.alphas, strict=True))
 
 
 def _step_of(step_size: StepSize, name: str) -> float | Tensor:
@@ -171,7 +172,7 @@ def adapt(
     with torch.enable_grad():
         loss = INNER_LOSSES[inner_loss](policy, params, episodes).sum()  # tasks are independent: sum = per-task grads
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-    return {name: p - _step_of(step_size, name) * g for (name, p), g in zip(params.items(), grads)}
+    return {name: p - _step_of(step_size, name) * g for (name, p), g in zip(params.items(), grads, strict=True)}
 
 
 def adapt_steps(
@@ -285,16 +286,18 @@ class AdaptationJacobian:
             if not first_order:
                 self._hessians.append((list(leaves.values()), grads))
             self._gradients.append([g.detach() for g in grads])
-            params = {name: (p - _step_of(self.step_size, name) * g).detach() for (name, p), g in zip(leaves.items(), grads)}
+            params = {name: (p - _step_of(self.step_size, name) * g).detach()
+                      for (name, p), g in zip(leaves.items(), grads, strict=True)}
         self.adapted = params
 
     def _scaled(self, vectors: list[Tensor]) -> list[Tensor]:
-        return [_step_of(self.step_size, name) * w for name, w in zip(self.names, vectors)]
+        return [_step_of(self.step_size, name) * w for name, w in zip(self.names, vectors, strict=True)]
 
     def _hessian(self, k: int, vectors: list[Tensor]) -> list[Tensor]:
         """``H_k w`` for per-task ``w``."""
         leaves, grads = self._hessians[k]
-        return list(torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, vectors)), leaves, retain_graph=True))
+        return list(torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, vectors, strict=True)), leaves,
+                                        retain_graph=True))
 
     def jvp(self, vectors: list[Tensor]) -> list[Tensor]:
         """``J v`` for a shared tangent ``v`` (shapes of ``theta``, then of ``alpha`` with Meta-SGD);
@@ -304,9 +307,9 @@ class AdaptationJacobian:
         out = [v.unsqueeze(0).expand(self.num_tasks, *v.shape) for v in vectors[:count]]
         for k in range(len(self._gradients)):
             if not self.first_order:  # J_k w = w - alpha H_k w
-                out = [w - aw for w, aw in zip(out, self._scaled(self._hessian(k, out)))]
+                out = [w - aw for w, aw in zip(out, self._scaled(self._hessian(k, out)), strict=True)]
             if self.learned:
-                out = [w - va * g for w, va, g in zip(out, tangent_alpha, self._gradients[k])]
+                out = [w - va * g for w, va, g in zip(out, tangent_alpha, self._gradients[k], strict=True)]
         return out
 
     def vjp(self, cotangents: list[Tensor]) -> list[Tensor]:
@@ -316,9 +319,9 @@ class AdaptationJacobian:
         alpha = [torch.zeros_like(u[0]) for u in out] if self.learned else []
         for k in reversed(range(len(self._gradients))):
             if self.learned:
-                alpha = [a - (g * u).sum(0) for a, g, u in zip(alpha, self._gradients[k], out)]
+                alpha = [a - (g * u).sum(0) for a, g, u in zip(alpha, self._gradients[k], out, strict=True)]
             if not self.first_order:  # J_k^T u = u - H_k (alpha u)
-                out = [u - hu for u, hu in zip(out, self._hessian(k, self._scaled(out)))]
+                out = [u - hu for u, hu in zip(out, self._hessian(k, self._scaled(out)), strict=True)]
         return [u.sum(0) for u in out] + alpha
 
 
@@ -333,7 +336,8 @@ class _MetaProblem:
 
 
 def _meta_problem(
-    policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch, step_size: StepSize, first_order: bool, inner_loss: str = "vpg"
+    policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch, step_size: StepSize, first_order: bool,
+    inner_loss: str = "vpg"
 ) -> _MetaProblem:
     """Surrogate gradient and KL Hessian-vector product through the adaptation, at ``theta``.
 
@@ -359,7 +363,8 @@ def _meta_problem(
 
     def product(vectors: list[Tensor]) -> list[Tensor]:
         tangent = jacobian.jvp(vectors)
-        fisher = torch.autograd.grad(sum((g * t).sum() for g, t in zip(kl_grad, tangent)), leaves, retain_graph=True)
+        fisher = torch.autograd.grad(sum((g * t).sum() for g, t in zip(kl_grad, tangent, strict=True)), leaves,
+                                     retain_graph=True)
         return jacobian.vjp(list(fisher))
 
     return _MetaProblem(loss.detach(), jacobian.vjp(list(loss_grad)), product, old)
@@ -415,7 +420,7 @@ def trpo_meta_step(
 
     def unflatten(vector: Tensor) -> list[Tensor]:
         chunks = torch.split(vector, [p.numel() for p in tensors])
-        return [chunk.view_as(p) for chunk, p in zip(chunks, tensors)]
+        return [chunk.view_as(p) for chunk, p in zip(chunks, tensors, strict=True)]
 
     def fisher_product(vector: Tensor) -> Tensor:
         vectors = unflatten(vector)
@@ -444,11 +449,11 @@ def trpo_meta_step(
             # The value of the adapted parameters does not depend on the order; first-order skips the graph.
             values = [
                 _meta_objective(policy, theta, group, inner_step_size, True, problem.old, inner_loss)
-                for group, problem in zip(groups, problems)
+                for group, problem in zip(groups, problems, strict=True)
             ]
         return (
-            sum(float(loss) * g.num_tasks for (loss, _), g in zip(values, groups)) / num_tasks,
-            sum(float(kl) * g.num_tasks for (_, kl), g in zip(values, groups)) / num_tasks,
+            sum(float(loss) * g.num_tasks for (loss, _), g in zip(values, groups, strict=True)) / num_tasks,
+            sum(float(kl) * g.num_tasks for (_, kl), g in zip(values, groups, strict=True)) / num_tasks,
         )
 
     step, loss_after, kl_after = backtracking_line_search(

@@ -68,8 +68,10 @@ def plot_runs(runs: list[dict[str, Any]], path: str | Path, title: str = "", win
     for index, run in enumerate(runs):
         color = f"C{index % 10}"
         iterations = [m["iteration"] for m in run["metrics"]]
-        curves.plot(iterations, smooth([m["post_return"] for m in run["metrics"]], window), color=color, label=run["label"])
-        curves.plot(iterations, smooth([m["pre_return"] for m in run["metrics"]], window), color=color, ls="--", alpha=0.6)
+        curves.plot(iterations, smooth([m["post_return"] for m in run["metrics"]], window), color=color,
+                    label=run["label"])
+        curves.plot(iterations, smooth([m["pre_return"] for m in run["metrics"]], window), color=color, ls="--",
+                    alpha=0.6)
     curves.set_xlabel("meta-iteration")
     curves.set_ylabel("mean episode return")
     curves.set_title("training: after (solid) and before (dashed) adaptation")
@@ -80,8 +82,8 @@ def plot_runs(runs: list[dict[str, Any]], path: str | Path, title: str = "", win
         for index, run in enumerate(runs):
             result = run.get("eval")
             if result:
-                adaptation.errorbar(result["steps"], result["mean_return"], yerr=result["stderr"], marker="o", capsize=3,
-                                    color=f"C{index % 10}", label=run["label"])
+                adaptation.errorbar(result["steps"], result["mean_return"], yerr=result["stderr"], marker="o",
+                                    capsize=3, color=f"C{index % 10}", label=run["label"])
         steps = sorted({s for run in evaluated for s in run["eval"]["steps"]})
         adaptation.set_xticks(steps)
         adaptation.set_xlabel("number of gradient steps")

@@ -53,7 +53,7 @@ class GaussianMLPPolicy(nn.Module):
         self.hidden_sizes = tuple(hidden_sizes)
         self.nonlinearity = nonlinearity
         sizes = (obs_dim, *self.hidden_sizes)
-        self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True))
         self.mean = nn.Linear(sizes[-1], act_dim)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         for layer in [*self.hidden, self.mean]:

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.episodes import Episodes
+from metarl.episodes import Episodes, concat_episodes
 from metarl.policy import GaussianMLPPolicy, Params
-from metarl.sampler import Sampler
+from metarl.sampler import BaseSampler, Sampler
 
 
 class SamplerWorkerError(RuntimeError):
@@ -105,7 +105,7 @@ _STARTED_RAY = False
 def _shards(num_tasks: int, num_workers: int) -> list[tuple[int, int]]:
     """Contiguous ``(start, stop)`` task ranges, as even as possible, none empty."""
     bounds = np.linspace(0, num_tasks, min(num_workers, num_tasks) + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _describe(tasks: list[Any], limit: int = 4) -> str:
@@ -113,8 +113,8 @@ def _describe(tasks: list[Any], limit: int = 4) -> str:
     return shown + (f", ... ({len(tasks)} tasks)" if len(tasks) > limit else "")
 
 
-class RaySampler(Sampler):
-    """A :class:`~metarl.sampler.Sampler` whose rounds run on ``num_workers`` Ray actors.
+class RaySampler(BaseSampler):
+    """A sampler whose rounds run on ``num_workers`` Ray actors, each holding a :class:`~metarl.sampler.Sampler`.
 
     Args:
         env_id, env_kwargs, horizon, vectorization, seed, rescale_actions: as for ``Sampler``;
@@ -134,7 +134,7 @@ class RaySampler(Sampler):
         horizon: int | None = None,
         vectorization: str = "auto",
         device: torch.device | str = "cpu",
-        seed: int = 0,
+        seed: int | np.random.SeedSequence = 0,
         rescale_actions: bool = True,
         num_workers: int = 2,
         cpus_per_worker: float = 1.0,
@@ -145,9 +145,12 @@ class RaySampler(Sampler):
         ray = import_ray()
         if num_workers < 1:
             raise ValueError(f"ray.workers must be >= 1, got {num_workers}")
-        super().__init__(env_id, env_kwargs, horizon, vectorization, device, seed, rescale_actions)
-        self._close_factory()  # the driver never simulates
-        self.batched = False
+        # The workers' own sampler, built here once so that a bad vectorization fails on the driver.
+        local = Sampler(env_id, env_kwargs, horizon, vectorization, "cpu", 0, rescale_actions)
+        self._worker_note = local.note.split(" steps through ", 1)[1]
+        local.close()
+        super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
+        super().close()  # the driver never simulates
         global _STARTED_RAY
         self._ray = ray
         if not ray.is_initialized():
@@ -176,6 +179,10 @@ class RaySampler(Sampler):
     @property
     def mode(self) -> str:
         return f"ray ({self.num_workers} workers)"
+
+    @property
+    def note(self) -> str:
+        return f"{super().note}, each worker through {self._worker_note}"
 
     def _check_cpus(self, others: bool) -> None:
         """Workers that can never all be scheduled would wait forever: refuse them up front
@@ -210,7 +217,8 @@ class RaySampler(Sampler):
 
     @torch.no_grad()
     def sample(
-        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int, budget: str = "episodes"
+        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int,
+        budget: str = "episodes"
     ) -> Episodes:
         self._workers_for(policy)
         own = policy.parameters_dict()
@@ -223,7 +231,9 @@ class RaySampler(Sampler):
         finally:
             self._params_ref = None
 
-    def _sample_round(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
+    def _sample_round(
+        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int
+    ) -> Episodes:
         ray, pool = self._ray, self._pool
         start = time.perf_counter()
         reset_seed, noise = self.draw_round(len(tasks), episodes_per_task)
@@ -248,7 +258,8 @@ class RaySampler(Sampler):
                 for k in stuck:  # a hung worker is killed and replaced, so that the next round starts clean
                     pool.replace(k)
                 names = "; ".join(f"worker {k}: {_describe(tasks[slice(*shards[k])])}" for k in stuck)
-                raise SamplerWorkerError(f"{self.env_id}: no episodes after sampler timeout {self.timeout_s:g} s from {names}")
+                raise SamplerWorkerError(f"{self.env_id}: no episodes after sampler timeout {self.timeout_s:g} s "
+                                         f"from {names}")
             ref = ready[0]
             k = pending.pop(ref)
             a, b = shards[k]
@@ -270,12 +281,7 @@ class RaySampler(Sampler):
                     f"{self.env_id}: sampling tasks {_describe(tasks[a:b])} failed on a Ray worker: "
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
-        parts = [results[k] for k in range(len(shards))]
-        episodes = Episodes(
-            *(torch.cat([getattr(p, name) for p in parts]).to(self.device)
-              for name in ("observations", "actions", "rewards", "mask")),
-            list(tasks),
-        )
+        episodes = concat_episodes([results[k] for k in range(len(shards))]).to(self.device)
         self.last_round_overhead_s = time.perf_counter() - start - rollout_s
         return episodes
 

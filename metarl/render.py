@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-from gymnasium.envs.registration import load_env_creator
 import numpy as np
 import torch
+from gymnasium.envs.registration import load_env_creator
 
 from metarl import config as cfg
-from metarl.checkpoint import load_checkpoint
-from metarl.evaluate import eval_tasks, evaluate_protocol
+from metarl.evaluate import evaluate_protocol
 from metarl.policy import Params
-from metarl.train import CHECKPOINT, build, load_meta_parameters, load_run_config, make_sampler
+from metarl.run.factory import build, eval_tasks, make_sampler
+from metarl.run.rundir import RunDir
+from metarl.run.state import load_meta_parameters
 
 
 class RenderError(RuntimeError):
@@ -65,7 +66,9 @@ def rendering_unavailable(env_id: str, env_kwargs: dict[str, Any] | None = None)
     return None
 
 
-def _episode_frames(env: gym.Env, policy: torch.nn.Module, params: Params, task: Any, frames: int, action_map: Any) -> list[np.ndarray]:
+def _episode_frames(
+    env: gym.Env, policy: torch.nn.Module, params: Params, task: Any, frames: int, action_map: Any
+) -> list[np.ndarray]:
     env.unwrapped.set_task(task)
     obs, _ = env.reset(seed=0)
     images = [env.render()]
@@ -93,25 +96,31 @@ def render_run(
     (K = ``eval.num_steps``); returns the files. Raises :class:`RenderError` when rendering is unavailable."""
     import imageio
 
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
+    run = RunDir.open(run_dir)
+    config = run.load_config()
     if num_tasks < 1 or frames < 1:
         raise cfg.ConfigError(f"--tasks and --frames must be positive, got {num_tasks} and {frames}")
     reason = rendering_unavailable(config.env.id, config.env.kwargs)
     if reason:
         raise RenderError(reason)
     parts = build(config)
-    load_meta_parameters(parts, load_checkpoint(Path(checkpoint) if checkpoint else run_dir / CHECKPOINT, parts.device))
+    path = Path(checkpoint) if checkpoint else run.checkpoint()
+    try:
+        load_meta_parameters(parts, run.load_checkpoint(path, parts.device), path)
+    except BaseException:
+        parts.close()
+        raise
     ev = config.eval
     tasks = eval_tasks(config)[:num_tasks]
     kept: dict[int, Params] = {}
-    sampler = make_sampler(config, parts.device, ev.seed)
-    evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes,
-                      on_step=lambda k, params: kept.__setitem__(k, params))
-    sampler.close()
-    center, scale = sampler._action_center, sampler._action_scale
-    action_map = lambda a: (center + scale * a).astype(np.float32)  # noqa: E731  (the policy acts in [-1, 1])
-    out = Path(out_dir) if out_dir else run_dir / "videos"
+    sampler = make_sampler(config, parts.device, "eval_sampler")
+    try:
+        evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes,
+                          on_step=lambda k, params: kept.__setitem__(k, params))
+    finally:
+        sampler.close()
+    action_map = sampler.action_to_env  # the policy acts in [-1, 1]
+    out = Path(out_dir) if out_dir else run.path / "videos"
     out.mkdir(parents=True, exist_ok=True)
     env = _rendering_env(config.env.id, config.env.kwargs, size)
     written = []
@@ -125,7 +134,7 @@ def render_run(
                 written.append(path)
     finally:
         env.close()
-        parts.sampler.close()
+        parts.close()
     return written
 
 

@@ -61,6 +61,13 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages
 
 
+def _features(observations: Tensor, t: Tensor) -> Tensor:
+    """``[o, o^2, t, t^2, t^3, 1]`` for observations ``[..., obs_dim]`` at scaled times ``t`` ``[...]``."""
+    obs = observations.clamp(-10.0, 10.0)
+    t = t.unsqueeze(-1).to(obs.dtype)
+    return torch.cat([obs, obs**2, t, t**2, t**3, torch.ones_like(t)], dim=-1)
+
+
 def baseline_features(observations: Tensor, mask: Tensor) -> Tensor:
     """Features of the linear baseline: ``[o, o^2, t, t^2, t^3, 1]`` with ``t = step / 100``.
 
@@ -73,17 +80,15 @@ def baseline_features(observations: Tensor, mask: Tensor) -> Tensor:
     """
     if observations.shape[:-1] != mask.shape:
         raise ValueError(f"observations {tuple(observations.shape)} do not match mask {tuple(mask.shape)}")
-    obs = observations.clamp(-10.0, 10.0)
     horizon = mask.shape[-1]
-    t = torch.arange(horizon, dtype=obs.dtype, device=obs.device) / 100.0
-    t = t.expand(mask.shape).unsqueeze(-1)
-    features = torch.cat([obs, obs**2, t, t**2, t**3, torch.ones_like(t)], dim=-1)
-    return features * mask.unsqueeze(-1)
+    t = torch.arange(horizon, dtype=observations.dtype, device=observations.device) / 100.0
+    return _features(observations, t.expand(mask.shape)) * mask.unsqueeze(-1)
 
 
 def linear_feature_baseline(
-    observations: Tensor, returns: Tensor, mask: Tensor, ridge: float = 1e-5, max_tries: int = 5
-) -> Tensor:
+    observations: Tensor, returns: Tensor, mask: Tensor, ridge: float = 1e-5, max_tries: int = 5,
+    final_observations: Tensor | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Per-task least-squares value estimate fitted on the task's own episodes.
 
     For each task (leading dim) solve ``(X^T X + c I) w = X^T G`` over that task's valid steps, where
@@ -93,8 +98,11 @@ def linear_feature_baseline(
 
     Args:
         observations: ``[T, E, H, obs_dim]``; returns, mask: ``[T, E, H]``.
+        final_observations: optional ``[T, E, obs_dim]``, the observation each episode ended in
+            (after its last valid step ``L - 1``).
     Returns:
-        ``[T, E, H]`` baseline values ``X w``, zero on padded steps.
+        ``[T, E, H]`` baseline values ``X w``, zero on padded steps; with ``final_observations``
+        also ``[T, E]`` the fitted value of each final observation at step ``L`` (its length).
     """
     _check_same_shape(returns=returns, mask=mask)
     if returns.dim() != 3:
@@ -123,8 +131,35 @@ def linear_feature_baseline(
             f"linear baseline fit failed for tasks {pending.nonzero().flatten().tolist()} "
             f"even with ridge {coeff:g}; observations may contain NaN or inf"
         )
-    values = (x @ weights).reshape(returns.shape)
-    return values.to(returns.dtype) * mask
+    values = (x @ weights).reshape(returns.shape).to(returns.dtype) * mask
+    if final_observations is None:
+        return values
+    lengths = mask.sum(-1).double() / 100.0
+    final = _features(final_observations.double(), lengths).reshape(num_tasks, -1, num_features) @ weights
+    return values, final.reshape(mask.shape[:-1]).to(returns.dtype)
+
+
+def bootstrap_rewards(rewards: Tensor, mask: Tensor, truncated: Tensor, final_values: Tensor, gamma: float) -> Tensor:
+    """Rewards with a truncated episode's value added at its last step: ``r'_{L-1} = r_{L-1} + gamma V(s_L)``.
+
+    An episode cut off by a time limit (``truncated``) did not reach a terminal state: its return
+    continues past the cut, estimated by the value ``V(s_L)`` of the observation it was cut off in.
+    Added to the last valid reward, every return, GAE and DiCE computation downstream
+    (which stop at the end of the mask) then bootstraps from it. Terminated episodes are unchanged.
+
+    Args:
+        rewards, mask: ``[..., H]``; truncated (bool), final_values: ``[...]``.
+    Returns:
+        ``[..., H]``.
+    """
+    _check_same_shape(rewards=rewards, mask=mask)
+    if truncated.shape != rewards.shape[:-1] or final_values.shape != rewards.shape[:-1]:
+        raise ValueError(f"truncated {tuple(truncated.shape)} and final_values {tuple(final_values.shape)} must be "
+                         f"{tuple(rewards.shape[:-1])}")
+    lengths = mask.sum(-1).long()
+    last = (lengths - 1).clamp_min(0)
+    bonus = (gamma * final_values * (truncated & (lengths > 0)).to(rewards.dtype)).unsqueeze(-1)
+    return rewards.scatter_add(-1, last.unsqueeze(-1), bonus)
 
 
 def _masked_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,10 @@
-"""Seeding and device resolution, done once per process."""
+"""Seeding and device resolution, done once per process.
+
+Every random stream of a run is derived from a seed and a *purpose*: ``seed_stream(seed, purpose)``
+is the ``numpy.random.SeedSequence`` child that ``SeedSequence(seed).spawn`` would give at the
+purpose's index. Training tasks, test tasks, the training and evaluation samplers' resets and
+action noise and the baselines therefore never share a stream, even when ``run.seed == eval.seed``.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,33 @@ from typing import Any
 import numpy as np
 import torch
 
+#: The purposes with a stream of their own (the order fixes each one's stream: append, never reorder).
+SEED_PURPOSES = ("global", "train_tasks", "train_sampler", "test_tasks", "eval_sampler", "baselines")
+
+
+def seed_stream(seed: int, purpose: str) -> np.random.SeedSequence:
+    """The random stream of ``purpose`` under ``seed`` (child ``k`` of ``SeedSequence(seed)``)."""
+    if purpose not in SEED_PURPOSES:
+        raise ValueError(f"purpose must be one of {SEED_PURPOSES}, got {purpose!r}")
+    return np.random.SeedSequence(seed, spawn_key=(SEED_PURPOSES.index(purpose),))
+
+
+def generator(seed: int, purpose: str) -> np.random.Generator:
+    """A numpy generator on the stream of ``purpose``."""
+    return np.random.Generator(np.random.PCG64(seed_stream(seed, purpose)))
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy's global generator and torch (CPU and CUDA).
 
     metarl itself draws from explicit generators (the task env's ``np_random``, the sampler's own
-    generators); this covers parameter initialisation and any third-party code.
+    generators); this covers parameter initialisation and any third-party code, from the "global"
+    stream of ``seed``.
     """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    words = seed_stream(seed, "global").generate_state(2, np.uint32)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[0]))
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
 def rng_state() -> dict[str, Any]:
@@ -25,7 +48,8 @@ def rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
-        "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(), "pos": numpy_state["state"]["pos"]}},
+        "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(),
+                                           "pos": numpy_state["state"]["pos"]}},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -37,7 +61,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
     random.setstate(_as_tuple(state["python"]))
     numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32), "pos": numpy_state["state"]["pos"]}
+    numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+                            "pos": numpy_state["state"]["pos"]}
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
     if "cuda" in state and torch.cuda.is_available():

@@ -1,10 +1,19 @@
-"""Collect episodes for a batch of tasks at once: the env's batched simulator, or gymnasium's vector API."""
+"""Collect episodes for a batch of tasks at once: the env's batched simulator, or gymnasium's vector API.
+
+Layers: :class:`BaseSampler` owns what every sampler shares (the env's spaces and horizon, the
+budget of a batch, the randomness of each round); :class:`Sampler` rolls rounds out in this process
+through one :class:`Stepper` (one class per stepping backend: :class:`BatchedStepper` over the env's
+own batched simulator, :class:`VectorStepper` over gymnasium's vector envs);
+``metarl.ray_sampler.RaySampler`` rolls them out on Ray workers, each holding a :class:`Sampler`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
 import math
+import signal
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,33 +23,29 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
-import envs  # noqa: F401  (registers the metarl/ task envs)
-from envs.base import implements, missing_protocol
-from envs.batched import BatchedTaskSim
-from metarl.episodes import Episodes
+import metarl.envs  # noqa: F401  (registers the metarl/ task envs)
+from metarl.config import SAMPLE_BUDGETS, VECTORIZATION_MODES
+from metarl.envs.base import batched_simulator_note, has_batched_simulator, missing_protocol
+from metarl.envs.batched import BatchedTaskSim
+from metarl.episodes import Episodes, concat_episodes
 from metarl.policy import GaussianMLPPolicy, Params
 
-#: How the sampler steps its T*E sub-environments. "auto": the env's batched simulator if it has one
-#: (``TaskEnv.make_batched``), else its registered vector entry point, else gymnasium's SyncVectorEnv.
-#: "async" is gymnasium's AsyncVectorEnv: one process per sub-env, slow on few cores (for benchmarks).
-VECTORIZATION_MODES = ("auto", "batched", "vector_entry_point", "sync", "async")
-#: How many episodes a batch holds: a fixed number per task, or whole episodes up to a step budget.
-SAMPLE_BUDGETS = ("episodes", "steps")
+# VECTORIZATION_MODES: how the sampler steps its T*E sub-environments. "auto": the env's batched
+# simulator if its class declares one (``TaskEnv.batched_simulator``), else its registered vector
+# entry point, else gymnasium's SyncVectorEnv. "async" is gymnasium's AsyncVectorEnv: one process
+# per sub-env, slow on few cores (for benchmarks).
+__all__ = ["SAMPLE_BUDGETS", "VECTORIZATION_MODES", "BaseSampler", "Sampler", "NonFiniteEnvError", "TaskEnvError"]
 
 
 def _within_step_budget(rounds: list[Episodes], limit: int) -> Episodes:
     """Concatenate rounds of episodes per task and keep, in order, the episodes that start before the
-    task's ``limit`` valid steps are reached; the others are masked out."""
-    cat = lambda name: torch.cat([getattr(r, name) for r in rounds], dim=1)  # noqa: E731
-    mask = cat("mask")
-    lengths = mask.sum(-1)
+    task's ``limit`` valid steps are reached; the others are emptied (all-zero mask)."""
+    batch = concat_episodes(rounds, dim=1)
+    lengths = batch.mask.sum(-1)
     before = torch.cumsum(lengths, dim=1) - lengths
-    kept = (before < limit).to(mask.dtype)
+    kept = before < limit
     width = int(kept.sum(1).max().item())  # kept episodes are a prefix per task: drop slots no task uses
-    return Episodes(
-        cat("observations")[:, :width], cat("actions")[:, :width], (cat("rewards") * kept[..., None])[:, :width],
-        (mask * kept[..., None])[:, :width], rounds[0].tasks,
-    )
+    return batch.keep_episodes(kept).episode_slice(0, width)
 
 
 #: Floats per 64 bytes: the policy's inputs are laid out so that every task's block starts on a
@@ -61,13 +66,12 @@ def aligned_rows(num_episodes: int, input_sizes: tuple[int, ...]) -> int:
     return -(-num_episodes // period) * period
 
 
-def has_batched_simulator(env: gym.Env) -> bool:
-    """Whether ``env`` offers a batched simulator (overrides ``TaskEnv.make_batched``)."""
-    return implements(env, "make_batched")
-
-
 class TaskEnvError(ValueError):
     """A task env that metarl cannot train on (missing protocol, unsupported spaces, unknown id)."""
+
+
+class NonFiniteEnvError(RuntimeError):
+    """The env returned NaN or inf (reward or observation) while sampling; names the env, task and step."""
 
 
 def registered_task_env_ids() -> list[str]:
@@ -121,20 +125,122 @@ def check_task_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym
     return env
 
 
-class Sampler:
-    """Runs T tasks x E episodes as one vector env of T*E sub-environments, each on its own task.
+class Stepper(ABC):
+    """Steps N sub-environments, each on its own task, for the sampler; one subclass per backend.
 
-    Episodes last ``horizon`` steps; steps after an episode terminates are masked out (the vector
-    env autoresets them, and whatever they return is ignored). Actions for all sub-environments come
-    from one policy forward pass per step.
+    Everything crosses this interface as torch tensors on the sampler's device; actions are in the
+    env's own units.
+    """
+
+    #: Which backend this is, for the sampler's note and ``metarl bench``.
+    name: str
+    #: The backend steps on a CPU thread pool of its own (the policy then runs on one torch thread).
+    uses_cpu_threads: bool = False
+
+    @abstractmethod
+    def start(self, tasks: list[Any], seed: int, env_offset: int) -> Tensor:
+        """Install one task per sub-env and reset them all; returns observations ``[N, obs_dim]``.
+        Sub-env ``i`` resets as sub-env ``env_offset + i`` of a larger round would."""
+
+    @abstractmethod
+    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Apply ``actions`` ``[N, act_dim]``; returns observations ``[N, obs_dim]``, rewards ``[N]``,
+        ``terminated`` and ``truncated`` ``[N]`` (bool). Values of sub-envs not ``alive`` are ignored."""
+
+    def close(self) -> None:  # noqa: B027 (optional: nothing to do by default)
+        """Release processes, threads or buffers."""
+
+
+class BatchedStepper(Stepper):
+    """The env's own batched simulator (``TaskEnv.make_batched``): one call steps all N copies.
+    It has no time limit of its own, so ``truncated`` is always False (the sampler's horizon ends episodes)."""
+
+    name = "batched"
+
+    def __init__(self, sim: BatchedTaskSim, device: torch.device):
+        self.sim, self.device = sim, device
+        self.uses_cpu_threads = sim.uses_cpu_threads
+
+    def start(self, tasks: list[Any], seed: int, env_offset: int) -> Tensor:
+        self.sim.set_tasks(tasks)
+        obs = self.sim.reset(seed=seed, env_offset=env_offset) if env_offset else self.sim.reset(seed=seed)
+        return obs.to(self.device, torch.float32)
+
+    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        obs, reward, terminated = self.sim.step(actions, alive)
+        terminated = terminated.to(self.device)
+        return (obs.to(self.device, torch.float32), reward.to(self.device, torch.float32), terminated,
+                torch.zeros_like(terminated))
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+def _worker_ignoring_sigint(*args: Any, **kwargs: Any) -> None:
+    """gymnasium's AsyncVectorEnv worker, deaf to SIGINT: a terminal's Ctrl-C reaches the whole process
+    group, and a worker killed by it would end the run before the trainer could write its checkpoint.
+    The trainer handles the signal and closes its workers itself."""
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _async_worker(*args, **kwargs)
+
+
+class VectorStepper(Stepper):
+    """gymnasium's vector API: the env's vector entry point, SyncVectorEnv or AsyncVectorEnv, with
+    next-step autoreset (what a finished sub-env returns afterwards is ignored). A vector entry point
+    that autoresets in the same step reports the observation an episode ended in as
+    ``info["final_obs"]``, which is returned in place of the reset one."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int, mode: str, horizon: int,
+                 action_dtype: Any, device: torch.device):
+        uses_entry_point = mode == "vector_entry_point"
+        vector_kwargs = None if uses_entry_point else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+        if mode == "async":
+            vector_kwargs["worker"] = _worker_ignoring_sigint
+        self.name, self.device, self.action_dtype = mode, device, action_dtype
+        self.env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=None if uses_entry_point else mode,
+                                vector_kwargs=vector_kwargs, max_episode_steps=horizon, **env_kwargs)
+        if self.env.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
+            self.env.close()
+            raise TaskEnvError(f"{env_id}: the sampler needs a vector env that autoresets")
+
+    def start(self, tasks: list[Any], seed: int, env_offset: int) -> Tensor:
+        self.env.set_attr("task", tasks)
+        obs, _ = self.env.reset(seed=seed + env_offset)  # sub-env i is seeded with seed + i
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+
+    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        obs, reward, terminated, truncated, info = self.env.step(actions.cpu().numpy().astype(self.action_dtype))
+        if "_final_obs" in info:  # a same-step autoreset (a vector entry point's choice) returned the reset obs
+            obs = np.array(obs, copy=True)
+            for i in np.flatnonzero(info["_final_obs"]):
+                obs[i] = info["final_obs"][i]
+        as_tensor = lambda x, dtype: torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)  # noqa: E731
+        return (as_tensor(obs, torch.float32), as_tensor(reward, torch.float32), as_tensor(terminated, torch.bool),
+                as_tensor(truncated, torch.bool))
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _seed_sequence(seed: int | np.random.SeedSequence) -> np.random.SeedSequence:
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
+class BaseSampler(ABC):
+    """What every sampler shares: the task env's spaces and horizon, how a batch is filled
+    (:meth:`sample`), and the randomness of each round (:meth:`draw_round`), drawn in the driver so
+    that a sampler that splits a round (Ray) gives the same episodes as one that does not.
 
     Args:
         env_id, env_kwargs: the registered task env and its constructor kwargs.
         horizon: steps per episode; defaults to the env's ``max_episode_steps``, and replaces it
             as the env's time limit otherwise.
-        vectorization: one of :data:`VECTORIZATION_MODES`; "auto" picks the fastest the env offers.
-        device: where observations are sent for the policy.
-        seed: seeds the env resets and the action noise.
+        device: where observations are sent for the policy and where episodes are returned.
+        seed: the root of this sampler's randomness (an int, or a ``numpy.random.SeedSequence``,
+            see ``metarl.runtime.seed_stream``): it spawns one stream for the env resets and one
+            for the action noise.
         rescale_actions: the policy acts in [-1, 1] per dimension, mapped affinely onto the env's
             finite action bounds (``low + (a + 1) (high - low) / 2``), as rllab's ``normalize`` did
             for the MAML paper; the env then clips. Identity for envs whose bounds are [-1, 1].
@@ -146,41 +252,29 @@ class Sampler:
         env_id: str,
         env_kwargs: dict[str, Any] | None = None,
         horizon: int | None = None,
-        vectorization: str = "auto",
         device: torch.device | str = "cpu",
-        seed: int = 0,
+        seed: int | np.random.SeedSequence = 0,
         rescale_actions: bool = True,
     ):
-        if vectorization not in VECTORIZATION_MODES:
-            raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
         env_id = resolve_env_id(env_id)
         probe = check_task_env(env_id, env_kwargs)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
-        if vectorization == "batched" and not has_batched_simulator(probe):
-            probe.close()
-            raise TaskEnvError(f"sampler.vectorization: {env_id} has no batched simulator; use auto, vector_entry_point or sync")
-        self.batched = vectorization == "batched" or (vectorization == "auto" and has_batched_simulator(probe))
-        # The batched simulator is made by an instance of the env (it copies the instance's kwargs).
-        self._factory: gym.Env | None = probe if self.batched else None
-        if not self.batched:
-            probe.close()
+        self.env_class = type(probe.unwrapped)
+        self._probe = probe
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.horizon = horizon or gym.spec(env_id).max_episode_steps
         if not self.horizon or self.horizon <= 0:
+            probe.close()
             raise TaskEnvError(f"sampler.horizon: {env_id} registers no max_episode_steps; set a positive horizon")
-        if vectorization == "vector_entry_point" and gym.spec(env_id).vector_entry_point is None:
-            raise TaskEnvError(f"sampler.vectorization: {env_id} registers no vector_entry_point; use auto or sync")
-        self.vectorization = vectorization
         low, high = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
         finite = np.isfinite(low) & np.isfinite(high) & rescale_actions
         self._action_center = np.where(finite, (high + low) / 2, 0.0)
         self._action_scale = np.where(finite, (high - low) / 2, 1.0)
         self.device = torch.device(device)
-        self._reset_seeds = np.random.default_rng(seed)
-        self._noise = torch.Generator(device=self.device).manual_seed(seed)
-        self._vector_envs: dict[int, gym.vector.VectorEnv] = {}
-        self._sims: dict[int, BatchedTaskSim] = {}
-        self._seed = seed
+        self.seed = _seed_sequence(seed)
+        resets, noise = self.seed.spawn(2)
+        self._reset_seeds = np.random.default_rng(resets)
+        self._noise = torch.Generator(device=self.device).manual_seed(int(noise.generate_state(1, np.uint64)[0] >> 1))
 
     @property
     def obs_dim(self) -> int:
@@ -190,51 +284,41 @@ class Sampler:
     def act_dim(self) -> int:
         return self.action_space.shape[0]
 
-    def state_dict(self) -> dict[str, Any]:
-        """The sampler's random state (reset seeds and action noise), for exact resumption."""
-        return {"reset_seeds": self._reset_seeds.bit_generator.state, "noise": self._noise.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._reset_seeds.bit_generator.state = state["reset_seeds"]
-        self._noise.set_state(state["noise"].to(torch.uint8).cpu())
+    def action_to_env(self, action: np.ndarray) -> np.ndarray:
+        """The policy's action in [-1, 1] mapped onto the env's bounds (see ``rescale_actions``)."""
+        return (self._action_center + self._action_scale * action).astype(self.action_space.dtype)
 
     @property
+    @abstractmethod
     def mode(self) -> str:
-        """The path actually used: "batched", "vector_entry_point", "sync" or "async"."""
-        if self.batched:
-            return "batched"
-        if self.vectorization == "auto":
-            return "vector_entry_point" if gym.spec(self.env_id).vector_entry_point is not None else "sync"
-        return self.vectorization
+        """The stepping path actually used, e.g. "batched", "sync" or "ray (2 workers)"."""
 
-    def _batched_sim(self, num_envs: int) -> BatchedTaskSim:
-        if num_envs not in self._sims:
-            sim = self._factory.unwrapped.make_batched(num_envs, device=self.device, seed=self._seed)
-            self._sims[num_envs] = sim
-        return self._sims[num_envs]
+    @property
+    def note(self) -> str:
+        """One line saying which path steps the env, and why when it is not the fastest one."""
+        return f"sampler: {self.env_id} ({self.env_class.__name__}) steps through {self.mode}"
 
-    def _vector_env(self, num_envs: int) -> gym.vector.VectorEnv:
-        if num_envs not in self._vector_envs:
-            mode = None if self.vectorization == "auto" else self.vectorization
-            spec = gym.spec(self.env_id)
-            uses_entry_point = mode == "vector_entry_point" or (mode is None and spec.vector_entry_point is not None)
-            vector_kwargs = None if uses_entry_point else {"autoreset_mode": AutoresetMode.NEXT_STEP}
-            vector_env = gym.make_vec(
-                self.env_id,
-                num_envs=num_envs,
-                vectorization_mode=mode,
-                vector_kwargs=vector_kwargs,
-                max_episode_steps=self.horizon,
-                **self.env_kwargs,
-            )
-            if vector_env.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
-                raise TaskEnvError(f"{self.env_id}: the sampler needs a vector env that autoresets")
-            self._vector_envs[num_envs] = vector_env
-        return self._vector_envs[num_envs]
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's random state (reset seeds and action noise), for exact resumption."""
+        return {"reset_seeds": self._reset_seeds.bit_generator.state, "noise": self._noise.get_state(),
+                "noise_device": self.device.type}
 
-    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> list[str]:
+        """Restore :meth:`state_dict`; returns what could not be restored (empty when everything was).
+
+        The action-noise generator's state belongs to one device type: a run resumed on another
+        device keeps its fresh noise stream (seeded from the same root) and says so."""
+        self._reset_seeds.bit_generator.state = state["reset_seeds"]
+        saved_on = state.get("noise_device", "cpu")
+        if saved_on != self.device.type:
+            return [f"the sampler's action noise was saved on {saved_on} and cannot continue on {self.device.type}: "
+                    "it restarts from its seed, so episodes differ from an uninterrupted run"]
+        self._noise.set_state(state["noise"].to(torch.uint8).cpu())
+        return []
+
     def sample(
-        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int, budget: str = "episodes"
+        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int,
+        budget: str = "episodes"
     ) -> Episodes:
         """Run ``episodes_per_task`` episodes on each task, or as many as a step budget takes.
 
@@ -252,6 +336,8 @@ class Sampler:
         Returns:
             :class:`Episodes` shaped ``[len(tasks), E, horizon]``, ``E = episodes_per_task`` for the
             episode budget and a multiple of it for the step budget.
+        Raises:
+            NonFiniteEnvError: the env returned NaN or inf, naming the env, the task and the step.
         """
         if budget not in SAMPLE_BUDGETS:
             raise ValueError(f"budget must be one of {SAMPLE_BUDGETS}, got {budget!r}")
@@ -265,16 +351,110 @@ class Sampler:
             rounds.append(self._sample_round(policy, params, tasks, episodes_per_task))
         return _within_step_budget(rounds, limit)
 
-    def _sample_round(self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int) -> Episodes:
-        """One round: ``episodes_per_task`` episodes of every task, from this round's randomness."""
-        reset_seed, noise = self.draw_round(len(tasks), episodes_per_task)
-        return self.rollout(policy, params, tasks, episodes_per_task, reset_seed, noise)
-
     def draw_round(self, num_tasks: int, episodes_per_task: int) -> tuple[int, Tensor]:
         """A round's randomness: the reset seed of its envs and the action noise ``[H, T, E, act_dim]``."""
         reset_seed = int(self._reset_seeds.integers(2**31 - 1))
         shape = (self.horizon, num_tasks, episodes_per_task, self.act_dim)
         return reset_seed, torch.randn(shape, generator=self._noise, device=self.device)
+
+    @abstractmethod
+    def _sample_round(
+        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int
+    ) -> Episodes:
+        """One round: ``episodes_per_task`` episodes of every task, from this round's randomness."""
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
+class Sampler(BaseSampler):
+    """Runs T tasks x E episodes in this process as N = T*E sub-environments, each on its own task.
+
+    Episodes last ``horizon`` steps at most; an episode ends when its env terminates or truncates
+    (kept apart: ``Episodes.terminated`` / ``Episodes.truncated``), and its later steps are masked
+    out. Actions for all sub-environments come from one policy forward pass per step.
+
+    Args:
+        vectorization: one of ``VECTORIZATION_MODES``; "auto" picks the fastest path the env
+            offers. The env's batched simulator runs only for a class that declares it reproduces
+            that very class (``TaskEnv.batched_simulator``); :attr:`note` says which path runs.
+        The others: see :class:`BaseSampler`.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any] | None = None,
+        horizon: int | None = None,
+        vectorization: str = "auto",
+        device: torch.device | str = "cpu",
+        seed: int | np.random.SeedSequence = 0,
+        rescale_actions: bool = True,
+    ):
+        if vectorization not in VECTORIZATION_MODES:
+            raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
+        self._steppers: dict[int, Stepper] = {}
+        super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
+        self.vectorization = vectorization
+        env_id, probe = self.env_id, self._probe
+        spec = gym.spec(env_id)
+        # Why the env's batched simulator is not used (empty when it is, or when not asked for).
+        self._why = "" if has_batched_simulator(probe) else batched_simulator_note(probe)
+        if not self._why and vectorization in ("auto", "batched"):
+            trial = probe.unwrapped.make_batched(1, device=self.device, seed=0)
+            if trial is None:
+                self._why = f"{self.env_class.__name__}.make_batched returned None"
+            else:
+                trial.close()
+        batched = not self._why
+        if vectorization == "batched" and not batched:
+            self.close()
+            raise TaskEnvError(f"sampler.vectorization: {self._why}; use auto, vector_entry_point or sync")
+        if vectorization != "auto":
+            self._why = ""  # the user chose the path
+        if vectorization == "vector_entry_point" and spec.vector_entry_point is None:
+            self.close()
+            raise TaskEnvError(f"sampler.vectorization: {env_id} registers no vector_entry_point; use auto or sync")
+        if vectorization == "auto":
+            self._mode = "batched" if batched else ("vector_entry_point" if spec.vector_entry_point is not None
+                                                    else "sync")
+        else:
+            self._mode = vectorization
+        if self._mode != "batched":  # the batched simulator is made by an instance of the env (it copies its kwargs)
+            super().close()
+        self._sim_seed = int(self.seed.generate_state(1)[0])
+
+    @property
+    def mode(self) -> str:
+        """The path actually used: "batched", "vector_entry_point", "sync" or "async"."""
+        return self._mode
+
+    @property
+    def batched(self) -> bool:
+        return self._mode == "batched"
+
+    @property
+    def note(self) -> str:
+        return super().note + (f" ({self._why})" if self._why else "")
+
+    def stepper(self, num_envs: int) -> Stepper:
+        """The backend that steps ``num_envs`` sub-envs (built once per size, then reused)."""
+        if num_envs not in self._steppers:
+            if self.batched:
+                sim = self._probe.unwrapped.make_batched(num_envs, device=self.device, seed=self._sim_seed)
+                self._steppers[num_envs] = BatchedStepper(sim, self.device)
+            else:
+                self._steppers[num_envs] = VectorStepper(self.env_id, self.env_kwargs, num_envs, self._mode,
+                                                         self.horizon, self.action_space.dtype, self.device)
+        return self._steppers[num_envs]
+
+    def _sample_round(
+        self, policy: GaussianMLPPolicy, params: Params, tasks: list[Any], episodes_per_task: int
+    ) -> Episodes:
+        reset_seed, noise = self.draw_round(len(tasks), episodes_per_task)
+        return self.rollout(policy, params, tasks, episodes_per_task, reset_seed, noise)
 
     @torch.no_grad()
     def rollout(
@@ -294,24 +474,20 @@ class Sampler:
         """
         num_tasks, num_episodes, horizon = len(tasks), episodes_per_task, self.horizon
         num_envs = num_tasks * num_episodes
-        with self._policy_threads(num_envs):
+        stepper = self.stepper(num_envs)
+        with self._policy_threads(stepper):
             env_tasks = [task for task in tasks for _ in range(num_episodes)]
-            if self.batched:
-                sim = self._batched_sim(num_envs)
-                sim.set_tasks(env_tasks)
-                obs = sim.reset(seed=reset_seed, env_offset=env_offset) if env_offset else sim.reset(seed=reset_seed)
-            else:
-                vector_env = self._vector_env(num_envs)
-                vector_env.set_attr("task", env_tasks)
-                obs, _ = vector_env.reset(seed=reset_seed + env_offset)  # sub-env i is seeded with seed + i
-
+            obs = stepper.start(env_tasks, reset_seed, env_offset)
             shape = (num_tasks, num_episodes, horizon)
             observations = torch.zeros(*shape, self.obs_dim, device=self.device)
             actions = torch.zeros(*shape, self.act_dim, device=self.device)
             rewards = torch.zeros(shape, device=self.device)
             mask = torch.zeros(shape, device=self.device)
+            terminated_at = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+            final_obs = torch.zeros(num_envs, self.obs_dim, device=self.device)
             alive = torch.ones(num_envs, dtype=torch.bool, device=self.device)
             all_alive = True
+            self._check_finite(obs, None, alive, env_tasks, 0)
             center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
             scale = torch.as_tensor(self._action_scale, dtype=torch.float32, device=self.device)
             noise = noise.to(self.device)
@@ -325,10 +501,9 @@ class Sampler:
             rows = aligned_rows(num_episodes, (self.obs_dim, *policy.hidden_sizes))
             policy_input = torch.zeros(num_tasks, rows, self.obs_dim, device=self.device)
             for t in range(horizon):
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
                 if not all_alive:  # what a finished sub-env returns is ignored, and must not become NaNs in the losses
-                    obs_t = torch.where(alive[:, None], obs_t, 0.0)
-                obs_t = obs_t.reshape(num_tasks, num_episodes, -1)
+                    obs = torch.where(alive[:, None], obs, 0.0)
+                obs_t = obs.reshape(num_tasks, num_episodes, -1)
                 policy_input[:, :num_episodes] = obs_t
                 mean, std = policy.mean_std(policy_input, params)
                 mean, std = mean[:, :num_episodes], std[:, :num_episodes]
@@ -336,30 +511,54 @@ class Sampler:
                 observations[:, :, t] = obs_t
                 actions[:, :, t] = action
                 mask[:, :, t] = alive.reshape(num_tasks, num_episodes)
-                env_action = center + scale * action.reshape(num_envs, -1)
-                if self.batched:
-                    obs, reward, terminated = sim.step(env_action, alive)
-                else:
-                    env_action = env_action.cpu().numpy().astype(self.action_space.dtype)
-                    obs, reward, terminated, truncated, _ = vector_env.step(env_action)
-                    terminated = torch.as_tensor(terminated | truncated, device=self.device)
-                reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
-                rewards[:, :, t] = (reward if all_alive else torch.where(alive, reward, 0.0)).reshape(num_tasks, num_episodes)
-                terminated = terminated.to(self.device)
-                if terminated.any():
-                    alive &= ~terminated
+                obs, reward, terminated, truncated = stepper.step(center + scale * action.reshape(num_envs, -1), alive)
+                self._check_finite(obs, reward, alive, env_tasks, t + 1)
+                rewards[:, :, t] = (
+                    reward if all_alive else torch.where(alive, reward, 0.0)
+                ).reshape(num_tasks, num_episodes)
+                # An episode ends at a termination or a truncation (the env's time limit, or the
+                # horizon below); only a termination is a terminal state. The observation an episode
+                # was cut off in is kept for bootstrapping (sampler.bootstrap_truncated).
+                ended = (terminated | truncated) & alive if t < horizon - 1 else alive.clone()
+                if ended.any():
+                    terminated_at |= terminated & alive
+                    final_obs = torch.where((ended & ~terminated)[:, None], obs, final_obs)
+                    alive &= ~ended
                     all_alive = False
                     if not alive.any():
                         break
-            return Episodes(observations, actions, rewards, mask, list(tasks))
+            episode_shape = (num_tasks, num_episodes)
+            terminated = terminated_at.reshape(episode_shape)
+            return Episodes(observations, actions, rewards, mask, list(tasks), terminated=terminated,
+                            truncated=~terminated, final_observations=final_obs.reshape(*episode_shape, -1))
+
+    def _check_finite(self, obs: Tensor, reward: Tensor | None, alive: Tensor, env_tasks: list[Any], step: int) -> None:
+        """Raise :class:`NonFiniteEnvError` when a running sub-env returned NaN or inf."""
+        if bool(torch.isfinite(obs).all()) and (reward is None or bool(torch.isfinite(reward).all())):
+            return
+        bad_obs = ~torch.isfinite(obs).all(-1) & alive
+        bad_reward = (~torch.isfinite(reward) & alive) if reward is not None else torch.zeros_like(alive)
+        bad = bad_obs | bad_reward
+        if not bad.any():
+            return  # only finished sub-envs, whose values are ignored
+        i = int(bad.nonzero()[0])
+        what = []
+        if bad_reward[i]:
+            what.append(f"reward {float(reward[i])}")
+        if bad_obs[i]:
+            what.append(f"observation {obs[i].tolist()}")
+        where = "at reset" if step == 0 else f"at step {step}"
+        raise NonFiniteEnvError(
+            f"{self.env_id} returned a non-finite {' and '.join(what)} {where} of an episode on task {env_tasks[i]!r} "
+            f"({int(bad.sum())} of {len(bad)} sub-envs affected); metarl cannot train on NaN or inf, fix the env"
+        )
 
     @contextlib.contextmanager
-    def _policy_threads(self, num_envs: int) -> Iterator[None]:
-        """One torch thread while a batched simulator with its own CPU thread pool steps: torch's idle
+    def _policy_threads(self, stepper: Stepper) -> Iterator[None]:
+        """One torch thread while a backend with its own CPU thread pool steps: torch's idle
         threads spin and slow the simulator's pool down, and a one-thread policy forward for a few
         hundred envs costs less than that."""
-        sim = self._batched_sim(num_envs) if self.batched else None
-        if sim is None or not sim.uses_cpu_threads or self.device.type != "cpu":
+        if not stepper.uses_cpu_threads or self.device.type != "cpu":
             yield
             return
         threads = torch.get_num_threads()
@@ -370,16 +569,7 @@ class Sampler:
             torch.set_num_threads(threads)
 
     def close(self) -> None:
-        for vector_env in self._vector_envs.values():
-            vector_env.close()
-        self._vector_envs.clear()
-        for sim in self._sims.values():
-            sim.close()
-        self._sims.clear()
-        self._close_factory()
-
-    def _close_factory(self) -> None:
-        """Close the env instance that makes the batched simulators (no new ones after this)."""
-        if self._factory is not None:
-            self._factory.close()
-            self._factory = None
+        for stepper in self._steppers.values():
+            stepper.close()
+        self._steppers.clear()
+        super().close()

@@ -4,8 +4,8 @@ Keys are namespaced and plotted against the meta-iteration: ``meta/`` (returns, 
 losses, line search, env steps), ``adapt/`` (returns after each further inner step), ``time/``
 (seconds per phase) and ``eval/`` (the adaptation curve of the test protocol, as a table and a
 line plot, and mp4s of a few test tasks before and after adaptation). The resolved config, the
-git commit and the package versions go into the run's config; checkpoints into a model artifact. Offline runs live in ``RUN_DIR/wandb`` and upload with
-``wandb sync``.
+git commit and the package versions go into the run's config; checkpoints into a model artifact.
+Offline runs live in ``RUN_DIR/wandb`` and upload with ``wandb sync``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,17 @@ def _has_api_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def check_tracking(config: cfg.Config) -> None:
+    """Raise :class:`ConfigError` for a tracking setup that cannot start; writes nothing, so a run
+    checks it before it creates its directory."""
+    tracking = config.tracking
+    if tracking.wandb and tracking.mode == "online" and not _has_api_key():
+        raise cfg.ConfigError(
+            "tracking.mode: online needs a wandb account (`wandb login` or WANDB_API_KEY); "
+            "use tracking.mode=offline and `wandb sync` later"
+        )
+
+
 class Tracker:
     """Does nothing unless ``tracking.wandb`` is on (then see the module docstring)."""
 
@@ -62,11 +73,7 @@ class Tracker:
         tracking = config.tracking
         if not tracking.wandb or tracking.mode == "disabled":
             return
-        if tracking.mode == "online" and not _has_api_key():
-            raise cfg.ConfigError(
-                "tracking.mode: online needs a wandb account (`wandb login` or WANDB_API_KEY); "
-                "use tracking.mode=offline and `wandb sync` later"
-            )
+        check_tracking(config)
         import wandb
 
         self.run = wandb.init(
@@ -93,16 +100,18 @@ class Tracker:
             return
         import wandb
 
-        rows = [[step, mean, err] for step, mean, err in zip(result["steps"], result["mean_return"], result["stderr"])]
+        rows = [[step, mean, err]
+                for step, mean, err in zip(result["steps"], result["mean_return"], result["stderr"], strict=True)]
         table = wandb.Table(data=rows, columns=["adaptation steps", "mean return", "stderr"])
         logged: dict[str, Any] = {
-            "eval/adaptation": wandb.plot.line(table, "adaptation steps", "mean return", title="return after adaptation steps"),
+            "eval/adaptation": wandb.plot.line(table, "adaptation steps", "mean return",
+                                               title="return after adaptation steps"),
             "eval/table": table,
         }
         if plot_path is not None and plot_path.is_file():
             logged["eval/plot"] = wandb.Image(str(plot_path))
         self.run.log(logged)
-        for step, mean in zip(result["steps"], result["mean_return"]):
+        for step, mean in zip(result["steps"], result["mean_return"], strict=True):
             self.run.summary[f"eval/return_after_{step}_steps"] = mean
 
     def log_videos(self, config: cfg.Config, run_dir: Path, say: Any = print) -> None:

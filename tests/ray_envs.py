@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import TaskEnv
+from metarl.envs.base import TaskEnv
 
 
 class FaultyEnv(TaskEnv):

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cheetah_config(**overrides):
     items = [f"{k}={v}" for k, v in overrides.items()]
-    return cfg.load(ROOT / "experiments" / "halfcheetah_vel.yaml", ["policy.hidden_sizes=[8,8]", "sampler.horizon=10", *items])
+    return cfg.load(ROOT / "experiments" / "halfcheetah_vel.yaml",
+                    ["policy.hidden_sizes=[8,8]", "sampler.horizon=10", *items])
 
 
 def test_ppo_actor_copied_into_the_policy_gives_the_same_distribution():
@@ -64,8 +65,8 @@ def test_baselines_script_writes_the_table(tmp_path):
             "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2",
             "eval.num_steps=1", f"run.output_dir={tmp_path}", "run.name=hc"]
     assert main(["train", str(ROOT / "experiments" / "halfcheetah_vel.yaml"), *tiny, "--quiet"]) == 0
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"), "--timesteps", "64"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
+                           "--timesteps", "64"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "hc" / "baselines.md").read_text()
     for row in ("| MAML |", "| random |", "| pretrained |", "| oracle |", "pretrained-to-oracle gap"):
@@ -74,8 +75,9 @@ def test_baselines_script_writes_the_table(tmp_path):
     first = json.loads((tmp_path / "hc" / "baselines.json").read_text())
     assert first["oracle"]["timesteps"] == first["pretrained"]["timesteps"] == 64
     # --only recomputes the oracle (longer) and keeps the others
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"), "--only", "oracle",
-                           "--oracle-timesteps", "128"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
+                           "--only", "oracle", "--oracle-timesteps", "128"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     second = json.loads((tmp_path / "hc" / "baselines.json").read_text())
     assert second["oracle"]["timesteps"] == 128 and second["pretrained"] == first["pretrained"]

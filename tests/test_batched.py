@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs.navigation import Navigation2DTorchSim, navigation_step
-from envs.mujoco_batch import MujocoBatchSim
+from metarl.envs.mujoco_batch import MujocoBatchSim
+from metarl.envs.navigation import Navigation2DTorchSim, navigation_step
 
 MUJOCO_FAMILIES = [
     "metarl/HalfCheetahVel-v0",
@@ -29,7 +29,7 @@ def run_side_by_side(env_id, num_envs=3, steps=40, **kwargs):
     singles = [gym.make(env_id, **kwargs).unwrapped for _ in range(num_envs)]
     tasks = singles[0].sample_tasks(num_envs)
     first = []
-    for seed, (env, task) in enumerate(zip(singles, tasks)):
+    for seed, (env, task) in enumerate(zip(singles, tasks, strict=True)):
         env.set_task(task)
         first.append(env.reset(seed=seed)[0])
     sim = singles[0].make_batched(num_envs)

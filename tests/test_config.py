@@ -12,7 +12,8 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 def test_defaults_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("maml:\n  inner_lr: 0.5\nenv:\n  kwargs: {goal_low: -1.0}\n")
-    config = cfg.load(path, ["run.iterations=7", "policy.hidden_sizes=[8, 8]", "trpo.max_kl=1", "env.kwargs.goal_high=2"])
+    config = cfg.load(path, ["run.iterations=7", "policy.hidden_sizes=[8, 8]", "trpo.max_kl=1",
+                             "env.kwargs.goal_high=2"])
     assert config.maml.inner_lr == 0.5 and config.run.iterations == 7
     assert config.policy.hidden_sizes == [8, 8]
     assert config.trpo.max_kl == 1.0 and isinstance(config.trpo.max_kl, float)
@@ -38,7 +39,8 @@ def test_round_trip_through_yaml(tmp_path):
         ("policy.nonlinearity=sigmoid", "policy.nonlinearity: must be one of relu, tanh"),
         ("maml.gamma=1.5", r"maml.gamma: must be in \[0, 1\]"),
         ("trpo.max_kl=0", "trpo.max_kl: must be > 0"),
-        ("sampler.vectorization=threads", "sampler.vectorization: must be one of auto, batched, vector_entry_point, sync, async"),
+        ("sampler.vectorization=threads",
+         "sampler.vectorization: must be one of auto, batched, vector_entry_point, sync, async"),
         ("run.device=tpu", "run.device: must be auto, cpu, cuda or cuda:N"),
         ("run.device=cuda:abc", "run.device: must be auto, cpu, cuda or cuda:N"),
         ("run.seed=-1", r"run.seed: must be in \[0, 2\*\*32\)"),

@@ -5,12 +5,11 @@ import pytest
 import torch
 
 import metarl.maml as maml
+from conftest import synthetic_episodes
 from metarl.episodes import Episodes
 from metarl.policy import GaussianMLPPolicy
 from metarl.returns import masked_mean
 from metarl.trpo import flat
-
-from conftest import synthetic_episodes
 
 
 def tiny_policy(obs_dim=2, hidden_sizes=(5,)):
@@ -19,7 +18,8 @@ def tiny_policy(obs_dim=2, hidden_sizes=(5,)):
 
 
 def leaves_of(policy, num_tasks=1):
-    return {k: v.detach().expand(num_tasks, *v.shape).clone().requires_grad_() for k, v in policy.parameters_dict().items()}
+    return {k: v.detach().expand(num_tasks, *v.shape).clone().requires_grad_()
+            for k, v in policy.parameters_dict().items()}
 
 
 def gradient(loss, leaves, create_graph=False):
@@ -41,13 +41,14 @@ def test_dice_gradient_is_reinforce_with_discounted_advantages_and_equals_vpg_at
     to_go = episodes.dice_weights.flip(-1).cumsum(-1).flip(-1)
     reinforce = -masked_mean(maml.log_probs(policy, leaves, episodes) * to_go, episodes.mask).sum()
     dice = maml.dice_loss(policy, leaves, episodes).sum()
-    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(gradient(dice, leaves), gradient(reinforce, leaves)))
+    assert all(torch.allclose(a, b, atol=1e-12)
+               for a, b in zip(gradient(dice, leaves), gradient(reinforce, leaves), strict=True))
     # With gamma = 1, lambda = 1 and no scaling, DiCE's inner step is exactly VPG's (theory: both
     # are REINFORCE with the same baseline); their Hessians differ (DiCE adds the score terms).
     episodes.compute_advantages(gamma=1.0, gae_lambda=1.0, normalize=False)
     g_dice = gradient(maml.dice_loss(policy, leaves, episodes).sum(), leaves, create_graph=True)
     g_vpg = gradient(maml.vpg_loss(policy, leaves, episodes).sum(), leaves, create_graph=True)
-    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g_dice, g_vpg))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g_dice, g_vpg, strict=True))
     assert not torch.allclose(hessian(g_dice, leaves), hessian(g_vpg, leaves), atol=1e-6)
 
 

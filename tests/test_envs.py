@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs import GoalTask, missing_protocol, task_to_json
+from metarl.envs import GoalTask, missing_protocol, task_to_json
 from metarl.sampler import registered_task_env_ids
 
 ALL_IDS = registered_task_env_ids()
@@ -97,7 +97,7 @@ def test_navigation_truncates_at_the_registered_horizon():
     env = gym.make("metarl/Navigation2D-v0")
     env.unwrapped.set_task(GoalTask(goal=(0.5, 0.5)))
     env.reset(seed=0)
-    for t in range(100):
+    for _ in range(100):
         _, _, terminated, truncated, _ = env.step(np.zeros(2))
     assert truncated and not terminated
 
@@ -132,7 +132,7 @@ def test_navigation_vector_env_matches_sync_vector_env_step_for_step():
         if t == 0:
             actions[0] = [0.05, 0.05]  # env 0 reaches its goal at once
         out_f, out_s = fast.step(actions), slow.step(actions)
-        for a, b in zip(out_f[:4], out_s[:4]):
+        for a, b in zip(out_f[:4], out_s[:4], strict=True):
             assert np.array_equal(a, b), t
         assert list(out_f[4]["task"]) == tasks
         ended |= out_f[2] | out_f[3]

@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs import DirectionTask, DynamicsTask, GoalTask, VelocityTask, task_to_json
+from metarl.envs import DirectionTask, DynamicsTask, GoalTask, VelocityTask, task_to_json
 
 # (control cost weight, alive bonus) of each family's defaults
 WEIGHTS = {"HalfCheetah": (0.05, None), "AntVel": (0.005, 0.05), "AntDir": (0.005, 0.05), "AntGoal": (0.1, 0.0)}
@@ -38,7 +38,7 @@ def test_goal_family_rewards_recomputed_from_info(env_id, task, forward):
     env = gym.make(env_id)
     env.unwrapped.set_task(task)
     actions = actions_for(env)
-    for action, (_, reward, _, _, info) in zip(actions, rollout(env, actions)):
+    for action, (_, reward, _, _, info) in zip(actions, rollout(env, actions), strict=True):
         assert info["task"] == task
         assert info["reward_forward"] == pytest.approx(forward(info), abs=1e-9)
         ctrl, alive = next(w for name, w in WEIGHTS.items() if name in env_id)
@@ -60,7 +60,8 @@ def test_velocity_tasks_rank_the_same_motion_differently():
     assert not np.allclose(r_slow, r_fast)
 
 
-@pytest.mark.parametrize("env_id", ["metarl/HopperRandParams-v0", "metarl/Walker2dRandParams-v0", "metarl/HalfCheetahRandParams-v0"])
+@pytest.mark.parametrize("env_id", ["metarl/HopperRandParams-v0", "metarl/Walker2dRandParams-v0",
+                                    "metarl/HalfCheetahRandParams-v0"])
 def test_dynamics_tasks_change_trajectories_and_only_their_own_model(env_id):
     a, b = gym.make(env_id), gym.make(env_id)
     a.reset(seed=0)
@@ -136,7 +137,8 @@ def test_families_run_in_subprocess_vector_envs_with_a_task_per_worker():
     probe = gym.make("metarl/HopperRandParams-v0")
     probe.reset(seed=0)
     tasks = probe.unwrapped.sample_tasks(2)
-    envs = {mode: gym.make_vec("metarl/HopperRandParams-v0", num_envs=2, vectorization_mode=mode) for mode in ("async", "sync")}
+    envs = {mode: gym.make_vec("metarl/HopperRandParams-v0", num_envs=2, vectorization_mode=mode)
+            for mode in ("async", "sync")}
     try:
         observations = {}
         for mode, vec in envs.items():

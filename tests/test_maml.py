@@ -4,12 +4,11 @@ import pytest
 import torch
 
 import metarl.maml as maml
+from conftest import synthetic_episodes
 from metarl.episodes import Episodes
 from metarl.maml import MetaBatch, adapt_steps, log_probs, surrogate_loss, trpo_meta_step
 from metarl.policy import GaussianMLPPolicy, detach_params
 from metarl.trpo import flat, gaussian_kl, hessian_vector_product
-
-from conftest import synthetic_episodes
 
 INNER_LR = 0.1
 
@@ -76,7 +75,8 @@ def test_first_order_meta_gradient_matches_finite_differences_with_frozen_inner_
     numeric = finite_difference_gradient(lambda p: meta_loss(policy, p, train, valid, old, True, frozen), theta)
     assert torch.allclose(analytic, numeric, atol=1e-7, rtol=1e-5)
 
-    second = flat(torch.autograd.grad(meta_loss(policy, theta, train, valid, old, first_order=False), list(theta.values())))
+    second = flat(torch.autograd.grad(meta_loss(policy, theta, train, valid, old, first_order=False),
+                                      list(theta.values())))
     assert not torch.allclose(analytic, second, atol=1e-4)  # the two estimators genuinely differ
 
 
@@ -118,14 +118,16 @@ def test_structured_kl_hessian_product_equals_double_backprop_through_the_adapta
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         v = torch.randn(reference_grad.shape, generator=generator, dtype=torch.float64)
-        vectors = [chunk.view_as(p) for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]), theta.values())]
+        vectors = [chunk.view_as(p) for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]),
+                                                         theta.values(), strict=True)]
         assert torch.allclose(flat(problem.product(vectors)), reference_product(v), atol=1e-10)
 
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_trpo_step_is_the_same_for_any_grouping_of_the_tasks(first_order):
     # One stacked group of 5, task by task, and uneven groups of 2 (2 + 2 + 1).
-    batch = MetaBatch([synthetic_episodes(num_tasks=5, horizon=6, seed=1)], synthetic_episodes(num_tasks=5, horizon=6, seed=2))
+    batch = MetaBatch([synthetic_episodes(num_tasks=5, horizon=6, seed=1)],
+                      synthetic_episodes(num_tasks=5, horizon=6, seed=2))
     results = []
     for size in (5, 1, 2):
         policy = tiny_policy()
@@ -160,7 +162,8 @@ def _post_adaptation_kl(policy, theta_old, theta_new, batch):
 @pytest.mark.parametrize("first_order", [False, True])
 def test_trpo_step_respects_the_kl_bound_and_lowers_the_loss(first_order):
     policy = tiny_policy()
-    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)],
+                      synthetic_episodes(num_tasks=4, horizon=6, seed=2))
     before = detach_params({k: v.clone() for k, v in policy.parameters_dict().items()})
     max_kl = 1e-3
     stats = trpo_meta_step(policy, batch, INNER_LR, first_order=first_order, max_kl=max_kl, cg_iters=10)
@@ -176,7 +179,8 @@ def test_full_trpo_step_is_scaled_to_the_kl_bound(first_order):
     # For a small bound the quadratic model of the KL is accurate: the full step (fraction 1) is
     # accepted and lands on the bound, 0.5 * s^T F s = max_kl.
     policy = tiny_policy()
-    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)],
+                      synthetic_episodes(num_tasks=4, horizon=6, seed=2))
     max_kl = 1e-5
     stats = trpo_meta_step(policy, batch, INNER_LR, first_order=first_order, max_kl=max_kl, cg_iters=10)
     assert stats.line_search_step == 0
@@ -218,10 +222,12 @@ def test_lvc_loss_matches_vpg_to_first_order_and_adds_the_score_outer_product_to
     vpg, lvc = maml.vpg_loss(policy, params, episodes).sum(), maml.lvc_loss(policy, params, episodes).sum()
     g_vpg = torch.autograd.grad(vpg, leaves, create_graph=True)
     g_lvc = torch.autograd.grad(lvc, leaves, create_graph=True)
-    assert all(torch.allclose(a, b, atol=1e-14) for a, b in zip(g_vpg, g_lvc))
+    assert all(torch.allclose(a, b, atol=1e-14) for a, b in zip(g_vpg, g_lvc, strict=True))
     v = [torch.randn_like(p) for p in leaves]
-    h_vpg = flat(torch.autograd.grad(sum((g * w).sum() for g, w in zip(g_vpg, v)), leaves, retain_graph=True))
-    h_lvc = flat(torch.autograd.grad(sum((g * w).sum() for g, w in zip(g_lvc, v)), leaves, retain_graph=True))
+    h_vpg = flat(torch.autograd.grad(sum((g * w).sum() for g, w in zip(g_vpg, v, strict=True)), leaves,
+                                     retain_graph=True))
+    h_lvc = flat(torch.autograd.grad(sum((g * w).sum() for g, w in zip(g_lvc, v, strict=True)), leaves,
+                                     retain_graph=True))
     # (H_lvc - H_vpg) v = -sum_t m_t A_t g_t (g_t . v) / sum_t m_t, with g_t the score of step t
     log_prob = maml.log_probs(policy, params, episodes)[0]
     adv, mask = episodes.advantages[0], episodes.mask[0]
@@ -254,14 +260,16 @@ def test_structured_product_with_other_inner_losses_equals_double_backprop(inner
     assert torch.allclose(flat(problem.gradient), reference_grad, atol=1e-12)
     v = torch.randn(reference(torch.zeros(sum(p.numel() for p in theta.values()), dtype=torch.float64)).shape,
                     dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    vectors = [chunk.view_as(p) for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]), theta.values())]
+    vectors = [chunk.view_as(p)
+               for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]), theta.values(), strict=True)]
     assert torch.allclose(flat(problem.product(vectors)), reference(v), atol=1e-10)
     vpg_problem = maml._meta_problem(policy, theta, batch, INNER_LR, False, "vpg")
     assert not torch.allclose(flat(vpg_problem.gradient), flat(problem.gradient), atol=1e-8)
 
 
 def test_trpo_step_with_lvc_and_a_bad_inner_loss():
-    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)],
+                      synthetic_episodes(num_tasks=4, horizon=6, seed=2))
     stats = trpo_meta_step(tiny_policy(), batch, INNER_LR, max_kl=1e-3, inner_loss="lvc")
     assert stats.accepted and stats.loss_after < stats.loss_before
     with pytest.raises(ValueError, match="inner_loss must be one of"):
@@ -273,7 +281,8 @@ def test_gradient_meta_step_follows_the_finite_difference_checked_meta_gradient(
     policy = tiny_policy()
     batch = MetaBatch([synthetic_episodes(seed=0)], synthetic_episodes(seed=10))
     theta = {k: v.detach().clone() for k, v in policy.parameters_dict().items()}
-    old = log_probs(policy, detach_params(adapt_steps(policy, policy.parameters_dict(), batch.train, INNER_LR)), batch.valid).detach()
+    old = log_probs(policy, detach_params(adapt_steps(policy, policy.parameters_dict(), batch.train, INNER_LR)),
+                    batch.valid).detach()
     loss = meta_loss(policy, policy.parameters_dict(), batch.train, batch.valid, old, first_order=False)
     expected = flat(torch.autograd.grad(loss, list(policy.parameters_dict().values())))
     lr = 0.01
@@ -286,9 +295,11 @@ def test_gradient_meta_step_follows_the_finite_difference_checked_meta_gradient(
 
 def test_promp_meta_step_lowers_its_loss_and_reports_the_trust_regions():
     policy = tiny_policy()
-    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)], synthetic_episodes(num_tasks=4, horizon=6, seed=2))
+    batch = MetaBatch([synthetic_episodes(num_tasks=4, horizon=6, seed=1)],
+                      synthetic_episodes(num_tasks=4, horizon=6, seed=2))
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    stats = maml.ppo_meta_step(policy, optimizer, batch, INNER_LR, inner_loss="lvc", epochs=5, clip=0.3, inner_kl_coef=5e-4)
+    stats = maml.ppo_meta_step(policy, optimizer, batch, INNER_LR, inner_loss="lvc", epochs=5, clip=0.3,
+                               inner_kl_coef=5e-4)
     assert stats.loss_after < stats.loss_before
     assert stats.kl_after > 0 and stats.inner_kl > 0 and stats.epochs == 5
     assert len(optimizer.state) > 0  # Adam moments, checkpointed with the run

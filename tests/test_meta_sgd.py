@@ -4,11 +4,10 @@ import pytest
 import torch
 
 import metarl.maml as maml
+from conftest import synthetic_episodes
 from metarl.maml import MetaBatch, MetaSGDStepSizes, adapt_steps, log_probs, surrogate_loss, trpo_meta_step
 from metarl.policy import GaussianMLPPolicy, detach_params
 from metarl.trpo import flat, gaussian_kl, hessian_vector_product
-
-from conftest import synthetic_episodes
 
 
 def tiny_setup(inner_steps=1):
@@ -24,14 +23,15 @@ def tiny_setup(inner_steps=1):
 
 def meta_loss(policy, theta, alpha, batch, old_log_prob, first_order):
     params = adapt_steps(policy, theta, batch.train, alpha, first_order)
-    return surrogate_loss(log_probs(policy, params, batch.valid), old_log_prob, batch.valid.advantages, batch.valid.mask).mean()
+    return surrogate_loss(log_probs(policy, params, batch.valid), old_log_prob, batch.valid.advantages,
+                          batch.valid.mask).mean()
 
 
 def test_step_sizes_are_per_parameter_and_scale_the_inner_gradient():
     policy, step_sizes, batch = tiny_setup()
     alpha = step_sizes.as_params()
     assert list(alpha) == list(policy.parameters_dict())
-    assert all(a.shape == p.shape for a, p in zip(alpha.values(), policy.parameters_dict().values()))
+    assert all(a.shape == p.shape for a, p in zip(alpha.values(), policy.parameters_dict().values(), strict=True))
     theta = policy.parameters_dict()
     plain = adapt_steps(policy, theta, batch.train, 1.0, first_order=True)  # theta - grad
     learned = adapt_steps(policy, theta, batch.train, alpha, first_order=True)
@@ -66,7 +66,8 @@ def test_meta_gradient_in_theta_and_alpha_matches_finite_differences(inner_steps
         params = maml.expand_params(theta, batch.num_tasks)
         for g in frozen:
             params = {k: params[k] - alpha[k] * g[k] for k in params}
-        return float(surrogate_loss(log_probs(policy, params, batch.valid), old, batch.valid.advantages, batch.valid.mask).mean())
+        return float(surrogate_loss(log_probs(policy, params, batch.valid), old, batch.valid.advantages,
+                                    batch.valid.mask).mean())
 
     numeric, eps = [], 1e-6
     with torch.no_grad():
@@ -94,7 +95,8 @@ def test_structured_products_with_learned_step_sizes_equal_double_backprop(inner
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         v = torch.randn(reference_grad.shape, generator=generator, dtype=torch.float64)
-        vectors = [c.view_as(p) for c, p in zip(torch.split(v, [p.numel() for p in meta_params]), meta_params)]
+        vectors = [c.view_as(p)
+                   for c, p in zip(torch.split(v, [p.numel() for p in meta_params]), meta_params, strict=True)]
         assert torch.allclose(flat(problem.product(vectors)), reference_product(v), atol=1e-10)
 
 

@@ -12,15 +12,18 @@ import gymnasium as gym
 import pytest
 import torch
 
+from conftest import skip_unless_ci, without_timings
 from metarl import config as cfg
 from metarl.cli import main
 from metarl.policy import GaussianMLPPolicy
+from metarl.run.factory import make_sampler
+from metarl.run.rundir import read_metrics
 from metarl.sampler import Sampler
-from metarl.train import make_sampler, read_metrics
 
-from conftest import without_timings
-
-ray = pytest.importorskip("ray", reason="the Ray backend is tested where `pip install -e .[ray]` ran (make setup)")
+try:
+    import ray
+except ImportError:
+    skip_unless_ci("Ray is not installed (`pip install -e .[ray]`, as make setup does)", allow_module_level=True)
 from metarl.ray_sampler import RaySampler, SamplerWorkerError  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -50,7 +53,8 @@ def policy_for(sampler):
 
 
 def per_task(params, num_tasks):
-    return {k: v.detach() + 0.05 * torch.arange(num_tasks, dtype=v.dtype).view(-1, *[1] * v.dim()) for k, v in params.items()}
+    return {k: v.detach() + 0.05 * torch.arange(num_tasks, dtype=v.dtype).view(-1, *[1] * v.dim())
+            for k, v in params.items()}
 
 
 def assert_same(a, b):
@@ -67,11 +71,13 @@ def assert_same(a, b):
 ])
 def test_same_episodes_as_the_local_sampler_whatever_the_number_of_workers(env_id, vectorization, workers):
     local = Sampler(env_id, horizon=15, vectorization=vectorization, seed=3)
-    remote = RaySampler(env_id, horizon=15, vectorization=vectorization, seed=3, num_workers=workers, cpus_per_worker=0.5)
+    remote = RaySampler(env_id, horizon=15, vectorization=vectorization, seed=3, num_workers=workers,
+                        cpus_per_worker=0.5)
     policy = policy_for(local)
     tasks = tasks_of(env_id, 5)
     try:
-        assert_same(local.sample(policy, policy.parameters_dict(), tasks, 3), remote.sample(policy, policy.parameters_dict(), tasks, 3))
+        assert_same(local.sample(policy, policy.parameters_dict(), tasks, 3),
+                    remote.sample(policy, policy.parameters_dict(), tasks, 3))
         adapted = per_task(policy.parameters_dict(), len(tasks))  # one parameter set per task, after adaptation
         assert_same(local.sample(policy, adapted, tasks, 3, "steps"), remote.sample(policy, adapted, tasks, 3, "steps"))
         assert remote.mode == f"ray ({workers} workers)" and remote.last_round_overhead_s >= 0
@@ -99,10 +105,12 @@ def test_a_killed_worker_is_replaced_and_its_tasks_rerun():
     remote = RaySampler(env_id, horizon=10, seed=1, num_workers=2, cpus_per_worker=0.5)
     policy, tasks = policy_for(local), tasks_of(env_id, 4)
     try:
-        assert_same(local.sample(policy, policy.parameters_dict(), tasks, 2), remote.sample(policy, policy.parameters_dict(), tasks, 2))
+        assert_same(local.sample(policy, policy.parameters_dict(), tasks, 2),
+                    remote.sample(policy, policy.parameters_dict(), tasks, 2))
         victim = remote.worker_pids()[1]
         os.kill(victim, signal.SIGKILL)
-        assert_same(local.sample(policy, policy.parameters_dict(), tasks, 2), remote.sample(policy, policy.parameters_dict(), tasks, 2))
+        assert_same(local.sample(policy, policy.parameters_dict(), tasks, 2),
+                    remote.sample(policy, policy.parameters_dict(), tasks, 2))
         assert victim not in remote.worker_pids()
     finally:
         remote.close()
@@ -129,7 +137,8 @@ def test_a_hung_worker_times_out_with_an_error_naming_its_tasks():
     try:
         sampler.sample(policy, policy.parameters_dict(), [0, 1], 1)  # the workers are up (start-up counts too)
         sampler.timeout_s = 3
-        with pytest.raises(SamplerWorkerError, match=r"Faulty-v0: no episodes after sampler timeout 3 s from worker 1: 99$"):
+        with pytest.raises(SamplerWorkerError,
+                           match=r"Faulty-v0: no episodes after sampler timeout 3 s from worker 1: 99$"):
             sampler.sample(policy, policy.parameters_dict(), [0, 99], 1)
         sampler.timeout_s = 600  # the replacement worker starts up within the next round
         assert sampler.sample(policy, policy.parameters_dict(), [0, 1], 1).num_steps == 10
@@ -147,8 +156,9 @@ def test_training_on_ray_gives_the_metrics_of_local_training(tmp_path, tiny_run_
 
 def test_configuration_errors(tmp_path, tiny_run_args, monkeypatch, capsys):
     too_many = cfg.load(NAV, [*tiny_run_args, "sampler.backend=ray", "ray.workers=3"])
-    with pytest.raises(cfg.ConfigError, match=r"ray.workers x ray.cpus_per_worker = 3 x 1 CPUs, but the Ray cluster has 2"):
-        make_sampler(too_many, torch.device("cpu"), 0)
+    with pytest.raises(cfg.ConfigError,
+                       match=r"ray.workers x ray.cpus_per_worker = 3 x 1 CPUs, but the Ray cluster has 2"):
+        make_sampler(too_many, torch.device("cpu"))
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(["train", NAV, *tiny_run_args, "run.name=noray", "sampler.backend=ray", "--quiet"]) == 2
     assert r"sampler.backend=ray needs Ray, an optional dependency: pip install -e .[ray]" in capsys.readouterr().err

@@ -3,14 +3,14 @@
 import os
 from pathlib import Path
 
-import pytest
-
+from conftest import skip_unless_ci
 from metarl.cli import main
 from metarl.render import rendering_unavailable
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = ["run.iterations=1", "maml.meta_batch_size=2", "sampler.episodes_per_task=2", "sampler.horizon=10",
-        "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2", "eval.num_steps=1"]
+        "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2",
+        "eval.num_steps=1"]
 
 
 def test_render_writes_videos_before_and_after_adaptation(tmp_path, monkeypatch):
@@ -18,10 +18,11 @@ def test_render_writes_videos_before_and_after_adaptation(tmp_path, monkeypatch)
         monkeypatch.setenv("MUJOCO_GL", "egl")
     reason = rendering_unavailable("metarl/HalfCheetahVel-v0")
     if reason:
-        pytest.skip(f"no offscreen rendering here: {reason}")
+        skip_unless_ci(f"no offscreen rendering here: {reason}")
     config = str(EXPERIMENTS / "halfcheetah_vel.yaml")
     assert main(["train", config, *TINY, f"run.output_dir={tmp_path}", "run.name=hc", "--quiet"]) == 0
-    assert main(["render", str(tmp_path / "hc"), "--tasks", "1", "--frames", "6", "--out-dir", str(tmp_path / "v")]) == 0
+    assert main(["render", str(tmp_path / "hc"), "--tasks", "1", "--frames", "6", "--out-dir",
+                 str(tmp_path / "v")]) == 0
     videos = sorted(p.name for p in (tmp_path / "v").iterdir())
     assert videos == ["task0_after1.mp4", "task0_before.mp4"]
     import imageio

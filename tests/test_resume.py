@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import metarl.checkpoint as checkpoint
+from conftest import without_timings
 from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.cli import main
-from metarl.train import BEST_CHECKPOINT, CHECKPOINT, evaluate_run, read_metrics
-
-from conftest import without_timings
+from metarl.run.evaluation import evaluate_run
+from metarl.run.rundir import BEST_CHECKPOINT, CHECKPOINT, read_metrics
 
 NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
 def with_iterations(args, n):
@@ -49,7 +49,7 @@ def test_resume_rejects_changes_to_the_run_and_finished_runs(tmp_path, tiny_run_
     assert main(["train", NAV, *tiny_run_args, "eval.at_end=false", "run.name=r", "--quiet"]) == 0
     run = str(tmp_path / "r")
     assert main(["train", "--resume", run, "maml.inner_lr=0.5"]) == 2
-    assert "only accepts run.iterations" in capsys.readouterr().err
+    assert "only accepts overrides of run.iterations" in capsys.readouterr().err
     assert main(["train", "--resume", run]) == 2
     assert "already has 2 of 2 meta-iterations" in capsys.readouterr().err
     assert main(["train", NAV, "--resume", run]) == 2
@@ -68,7 +68,7 @@ def test_best_checkpoint_holds_the_best_post_adaptation_return(tmp_path, tiny_ru
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
+    save_checkpoint(path, {"iteration": 1, "policy": {"w": torch.ones(3)}, "config": {}})
 
     def crashing_save(obj, f):
         f.write(b"half a checkpoint")
@@ -76,7 +76,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(checkpoint.torch, "save", crashing_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(3)})
+        save_checkpoint(path, {"iteration": 2, "policy": {"w": torch.zeros(3)}, "config": {}})
     assert load_checkpoint(path)["iteration"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
@@ -109,10 +109,11 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_run_ar
 
 @pytest.mark.parametrize("outer", ["promp", "adam"])
 def test_gradient_meta_updates_train_and_resume_exactly_with_their_optimizer_state(tmp_path, tiny_run_args, outer):
-    args = [*tiny_run_args, "eval.at_end=false", f"maml.outer={outer}", "maml.inner_loss=lvc", "ppo.inner_kl_target=1e-6"]
+    args = [*tiny_run_args, "eval.at_end=false", f"maml.outer={outer}", "maml.inner_loss=lvc",
+            "ppo.inner_kl_target=1e-6"]
     assert main(["train", NAV, *with_iterations(args, 4), "run.name=whole", "--quiet"]) == 0
     assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
-    assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["optimizer"]["state"]
+    assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["outer"]["optimizer"]["state"]
     assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0
     whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
     assert without_timings(parts) == without_timings(whole)
@@ -122,8 +123,11 @@ def test_gradient_meta_updates_train_and_resume_exactly_with_their_optimizer_sta
 
 
 @pytest.mark.parametrize("outer,inner_loss", [("trpo", "vpg"), ("promp", "dice")])
-def test_meta_sgd_learns_its_step_sizes_resumes_exactly_and_evaluates_with_them(tmp_path, tiny_run_args, outer, inner_loss):
-    args = [*tiny_run_args, "eval.at_end=false", "maml.meta_sgd=true", f"maml.outer={outer}", f"maml.inner_loss={inner_loss}"]
+def test_meta_sgd_learns_its_step_sizes_resumes_exactly_and_evaluates_with_them(
+    tmp_path, tiny_run_args, outer, inner_loss
+):
+    args = [*tiny_run_args, "eval.at_end=false", "maml.meta_sgd=true", f"maml.outer={outer}",
+            f"maml.inner_loss={inner_loss}"]
     assert main(["train", NAV, *with_iterations(args, 4), "run.name=whole", "--quiet"]) == 0
     assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
     assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "--quiet"]) == 0

@@ -5,6 +5,7 @@ import torch
 
 from metarl.returns import (
     baseline_features,
+    bootstrap_rewards,
     dice_weights,
     discounted_returns,
     gae,
@@ -111,3 +112,34 @@ def test_dice_weights_by_hand_telescope_to_discounted_advantages():
     assert torch.allclose(to_go, torch.tensor([[[1.5, 0.5, 0.0]]]))
     # normalised: divided by the std of G_t - b_t = [1.5, 1.0] over valid steps, 0.25
     assert torch.allclose(dice_weights(rewards, values, mask, 0.5, normalize=True), torch.tensor([[[4.0, 2.0, 0.0]]]))
+
+
+def test_bootstrap_rewards_adds_the_value_of_the_cut_off_state_at_the_last_step():
+    # Two episodes of horizon 4: the first truncated after 2 steps, the second terminated after 3.
+    rewards = torch.tensor([[1.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    truncated = torch.tensor([True, False])
+    final_values = torch.tensor([10.0, 50.0])
+    out = bootstrap_rewards(rewards, mask, truncated, final_values, gamma=0.5)
+    assert torch.equal(out, torch.tensor([[1.0, 2.0 + 0.5 * 10.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]]))
+    # the discounted return then continues past the cut: G_0 = 1 + 0.5 * (2 + 0.5 * 10)
+    assert discounted_returns(out, mask, 0.5)[0, 0] == pytest.approx(1 + 0.5 * (2 + 5))
+    # an empty slot (no valid step) gains nothing even if flagged
+    empty = bootstrap_rewards(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([True]), torch.tensor([7.0]), 0.9)
+    assert torch.equal(empty, torch.zeros(1, 3))
+
+
+def test_linear_baseline_values_final_observations_at_the_episode_length():
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(1, 3, 5, 2, generator=g)
+    mask = torch.ones(1, 3, 5)
+    returns = torch.randn(1, 3, 5, generator=g)
+    final_obs = torch.randn(1, 3, 2, generator=g)
+    values, final = linear_feature_baseline(obs, returns, mask, final_observations=final_obs)
+    assert torch.allclose(values, linear_feature_baseline(obs, returns, mask))
+    # the same fit applied to the final observation at step 5: extend the batch by one step of weight ~0
+    longer_obs = torch.cat([obs, final_obs[:, :, None]], dim=2)
+    features = baseline_features(longer_obs, torch.ones(1, 3, 6))[:, :, 5]
+    x = baseline_features(obs, mask).reshape(-1, features.shape[-1]).double()
+    w = torch.linalg.solve(x.T @ x + 1e-5 * torch.eye(x.shape[1], dtype=x.dtype), x.T @ returns.reshape(-1).double())
+    assert torch.allclose(final.double(), features.double() @ w, atol=1e-4)

@@ -4,10 +4,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from conftest import LengthTask
+from conftest import CounterEnv, LengthTask, TruncatingCounterEnv
+from metarl.envs import GoalTask, Navigation2DEnv, VelocityTask
+from metarl.envs.locomotion import HalfCheetahVelEnv
 from metarl.policy import GaussianMLPPolicy, expand_params
-from metarl.sampler import Sampler, TaskEnvError
+from metarl.sampler import NonFiniteEnvError, Sampler, TaskEnvError
 
 
 def make(seed=0, horizon=None):
@@ -109,24 +112,25 @@ def test_navigation_batched_vector_and_generic_sync_paths_give_identical_episode
 
 def test_batched_mode_needs_a_batched_simulator():
     assert Sampler("tests/Counter-v0").mode == "sync"
-    with pytest.raises(TaskEnvError, match="sampler.vectorization: tests/Counter-v0 has no batched simulator"):
+    with pytest.raises(TaskEnvError, match="sampler.vectorization: CounterEnv has no batched simulator"):
         Sampler("tests/Counter-v0", vectorization="batched")
 
 
-def test_mujoco_batched_path_matches_the_gymnasium_path_in_distribution():
-    # Same policy and tasks through both paths: the initial-state noise comes from different
-    # generators, so compare statistics, not values. HalfCheetah never terminates.
-    env_id = "metarl/HalfCheetahVel-v0"
-    tasks = gym.make(env_id).unwrapped.sample_tasks(2)
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/HopperRandParams-v0", "metarl/AntGoal-v0"])
+def test_mujoco_batched_path_matches_the_gymnasium_path_step_by_step(env_id):
+    """Without initial-state noise (whose generators differ between the paths) the batched
+    simulator and gymnasium's env give the same episodes: observations, rewards, terminations."""
+    kwargs = {"reset_noise_scale": 0.0}
+    probe = gym.make(env_id, **kwargs)
+    tasks = probe.unwrapped.sample_tasks(2)
     torch.manual_seed(0)
-    policy = GaussianMLPPolicy(17, 6, hidden_sizes=(8,))
-    batched, generic = (Sampler(env_id, horizon=20, seed=3, vectorization=m) for m in ("auto", "sync"))
+    policy = GaussianMLPPolicy(probe.observation_space.shape[0], probe.action_space.shape[0], hidden_sizes=(8,))
+    batched, generic = (Sampler(env_id, kwargs, horizon=30, seed=3, vectorization=m) for m in ("auto", "sync"))
     assert batched.mode == "batched" and generic.mode == "sync"
-    a, b = batched.sample(policy, None, tasks, 8), generic.sample(policy, None, tasks, 8)
-    assert a.observations.shape == b.observations.shape == (2, 8, 20, 17)
-    # The first observation is the reset state: init_qpos[1:] / init_qvel plus noise of scale 0.1.
-    assert a.observations[:, :, 0].abs().max() < 0.6 and b.observations[:, :, 0].abs().max() < 0.6
-    assert a.episode_returns().mean().item() == pytest.approx(b.episode_returns().mean().item(), rel=0.15)
+    a, b = batched.sample(policy, None, tasks, 3), generic.sample(policy, None, tasks, 3)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.terminated, b.terminated)
+    assert torch.allclose(a.observations, b.observations, atol=1e-5)
+    assert torch.allclose(a.rewards, b.rewards, atol=1e-4)
     batched.close()
     generic.close()
 
@@ -173,3 +177,145 @@ def test_unknown_budget_is_rejected():
     sampler, policy = make()
     with pytest.raises(ValueError, match="budget must be one of"):
         sampler.sample(policy, None, [LengthTask(2)], 1, budget="minutes")
+
+
+# --- which path steps the env: the batched simulator only for the class it reproduces ------------
+
+
+class LoudNavigation(Navigation2DEnv):
+    """A user's subclass of a shipped family with its own reward."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, 1000.0, terminated, truncated, info
+
+
+class ExactNavigation(Navigation2DEnv):
+    """A subclass that keeps the parent's dynamics and says so."""
+
+    batched_simulator = True
+
+
+class ConstantForwardCheetah(HalfCheetahVelEnv):
+    """A HalfCheetahVel subclass whose forward term is a constant 10 (the parent's is <= 0)."""
+
+    def _forward_term(self, x_velocity):
+        return 10.0
+
+
+class NoSimulatorNavigation(Navigation2DEnv):
+    """Declares a batched simulator, but its make_batched says there is none."""
+
+    batched_simulator = True
+
+    def make_batched(self, num_envs, device="cpu", seed=None):
+        return None
+
+
+class OverridesMakeBatchedOnly(CounterEnv):
+    def make_batched(self, num_envs, device="cpu", seed=None):
+        return None
+
+
+for _id, _cls, _steps in [("tests/LoudNavigation-v0", LoudNavigation, 20),
+                          ("tests/ExactNavigation-v0", ExactNavigation, 20),
+                          ("tests/ConstantForwardCheetah-v0", ConstantForwardCheetah, 10),
+                          ("tests/NoSimulatorNavigation-v0", NoSimulatorNavigation, 20),
+                          ("tests/OverridesMakeBatchedOnly-v0", OverridesMakeBatchedOnly, 6)]:
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=_cls, max_episode_steps=_steps)
+
+
+def test_a_subclass_of_a_family_trains_on_its_own_reward():
+    sampler = Sampler("tests/LoudNavigation-v0")
+    assert sampler.mode == "sync"
+    assert "reproduces Navigation2DEnv, not its subclass LoudNavigation" in sampler.note
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,))
+    episodes = sampler.sample(policy, None, [GoalTask(goal=(0.3, 0.3))], 2)
+    assert torch.all(episodes.rewards[episodes.mask.bool()] == 1000.0)
+    with pytest.raises(TaskEnvError, match="not its subclass LoudNavigation"):
+        Sampler("tests/LoudNavigation-v0", vectorization="batched")
+    assert Sampler("tests/ExactNavigation-v0").mode == "batched"  # re-declared: the subclass vouches for it
+
+
+def test_a_locomotion_subclass_with_another_forward_term_is_not_simulated_as_its_parent():
+    sampler = Sampler("tests/ConstantForwardCheetah-v0", horizon=5)
+    assert sampler.mode == "sync" and "HalfCheetahVelEnv" in sampler.note
+    policy = GaussianMLPPolicy(17, 6, hidden_sizes=(8,))
+    episodes = sampler.sample(policy, None, [VelocityTask(velocity=1.0)], 2)
+    expected = 10.0 - 0.05 * episodes.actions.square().sum(-1)  # its own forward term minus the control cost
+    assert torch.allclose(episodes.rewards, expected, atol=1e-4)
+    sampler.close()
+
+
+def test_make_batched_returning_none_takes_the_vector_path():
+    for env_id in ("tests/NoSimulatorNavigation-v0", "tests/OverridesMakeBatchedOnly-v0"):
+        sampler = Sampler(env_id)
+        assert sampler.mode in ("sync", "vector_entry_point"), env_id
+        obs_dim = sampler.obs_dim
+        task = GoalTask(goal=(0.2, 0.1)) if "Navigation" in env_id else LengthTask(3)
+        episodes = sampler.sample(GaussianMLPPolicy(obs_dim, sampler.act_dim, hidden_sizes=(4,)), None, [task], 2)
+        assert episodes.num_steps > 0
+    assert "make_batched returned None" in Sampler("tests/NoSimulatorNavigation-v0").note
+
+
+# --- truncation is not termination ------------------------------------------------------------
+
+
+def test_truncation_and_termination_are_kept_apart():
+    sampler = Sampler("tests/TruncatingCounter-v0", horizon=6)
+    policy = GaussianMLPPolicy(2, 1, hidden_sizes=(4,))
+    # length 2: terminates at step 2; length 5: the env truncates at step 3; horizon 6 never reached
+    episodes = sampler.sample(policy, None, [LengthTask(2), LengthTask(5)], 2)
+    assert episodes.mask.sum(-1).tolist() == [[2.0, 2.0], [3.0, 3.0]]
+    assert episodes.terminated.tolist() == [[True, True], [False, False]]
+    assert episodes.truncated.tolist() == [[False, False], [True, True]]
+    # the observation the truncated episode was cut off in: t = 3 on the task of length 5
+    assert episodes.final_observations[1].tolist() == [[3.0, 5.0], [3.0, 5.0]]
+    # the sampler's horizon is a time limit too
+    short = Sampler("tests/Counter-v0", horizon=4).sample(policy, None, [LengthTask(5), LengthTask(3)], 1)
+    assert short.truncated.tolist() == [[True], [False]] and short.terminated.tolist() == [[False], [True]]
+    assert short.final_observations[0, 0].tolist() == [4.0, 5.0]
+
+
+def test_bootstrapping_at_a_truncation_is_a_switch():
+    sampler = Sampler("tests/TruncatingCounter-v0", horizon=6)
+    policy = GaussianMLPPolicy(2, 1, hidden_sizes=(4,))
+    episodes = sampler.sample(policy, None, [LengthTask(2), LengthTask(5)], 3)
+    plain = episodes.compute_advantages(0.9, 1.0, normalize=False).clone()
+    boot = episodes.compute_advantages(0.9, 1.0, normalize=False, bootstrap_truncated=True).clone()
+    # terminated episodes (task 0) are unchanged; the truncated ones gain gamma^(2-t) V(s_3) > 0
+    assert torch.allclose(plain[0], boot[0])
+    assert not torch.allclose(plain[1], boot[1])
+    assert torch.equal(episodes.rewards[1, :, :3], torch.tensor([[1.0, 2.0, 3.0]] * 3))  # the record is untouched
+
+
+# --- non-finite values from the env -------------------------------------------------------------
+
+
+def test_nan_from_the_env_is_one_clear_error():
+    sampler = Sampler("tests/NonFinite-v0")
+    policy = GaussianMLPPolicy(2, 1, hidden_sizes=(4,))
+    with pytest.raises(NonFiniteEnvError, match=r"tests/NonFinite-v0 returned a non-finite reward nan at step 2 "
+                                                r"of an episode on task LengthTask\(length=4\)"):
+        sampler.sample(policy, None, [LengthTask(1), LengthTask(4)], 2)
+    # the first task ends before step 2: no NaN reaches an episode, no error
+    assert sampler.sample(policy, None, [LengthTask(1)], 2).num_steps == 2
+
+
+def same_step_counters(num_envs, **kwargs):
+    """A vector entry point that autoresets in the same step (the reset observation comes back)."""
+    return SyncVectorEnv([TruncatingCounterEnv for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+if "tests/SameStepCounter-v0" not in gym.registry:
+    gym.register("tests/SameStepCounter-v0", entry_point=TruncatingCounterEnv, vector_entry_point=same_step_counters,
+                 max_episode_steps=6)
+
+
+def test_a_same_step_autoreset_still_gives_the_observation_an_episode_was_cut_off_in():
+    sampler = Sampler("tests/SameStepCounter-v0")
+    assert sampler.mode == "vector_entry_point"
+    episodes = sampler.sample(GaussianMLPPolicy(2, 1, hidden_sizes=(4,)), None, [LengthTask(5)], 2)
+    assert episodes.truncated.all() and episodes.mask.sum(-1).tolist() == [[3.0, 3.0]]
+    assert episodes.final_observations[0].tolist() == [[3.0, 5.0], [3.0, 5.0]]  # not the reset [0, 5]

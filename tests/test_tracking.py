@@ -5,8 +5,7 @@ import os
 import struct
 from pathlib import Path
 
-import pytest
-
+from conftest import skip_unless_ci
 from metarl.cli import main
 from metarl.tracking import namespaced
 
@@ -62,7 +61,8 @@ def test_offline_wandb_run_holds_config_history_eval_plot_and_checkpoints(tmp_pa
     assert {"meta/iteration", "meta/post_return", "meta/kl", "time/update", "time/sampling"} <= history_keys
     assert any(key.startswith("eval/adaptation") for key in history_keys)
     assert any(key.startswith("eval/plot") for key in history_keys)
-    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    artifacts = [r.artifact for r in records
+                 if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
     assert [a.name for a in artifacts] == ["tracked-checkpoints"]
     assert "exit" in kinds
 
@@ -94,7 +94,7 @@ def test_offline_run_logs_videos_for_a_mujoco_family(tmp_path, monkeypatch):
         monkeypatch.setenv("MUJOCO_GL", "egl")
     reason = rendering_unavailable("metarl/HalfCheetahVel-v0")
     if reason:
-        pytest.skip(f"no offscreen rendering here: {reason}")
+        skip_unless_ci(f"no offscreen rendering here: {reason}")
     config = str(Path(__file__).resolve().parents[1] / "experiments" / "halfcheetah_vel.yaml")
     args = ["run.iterations=1", "maml.meta_batch_size=2", "sampler.episodes_per_task=2", "sampler.horizon=8",
             "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2",
@@ -104,4 +104,5 @@ def test_offline_run_logs_videos_for_a_mujoco_family(tmp_path, monkeypatch):
     (log,) = (tmp_path / "hc" / "wandb").glob("offline-run-*/run-*.wandb")
     keys = {item.key or "/".join(item.nested_key)
             for r in read_wandb_log(log) if r.WhichOneof("record_type") == "history" for item in r.history.item}
-    assert any(k.startswith("eval/video/task0_before") for k in keys) and any(k.startswith("eval/video/task0_after1") for k in keys)
+    assert (any(k.startswith("eval/video/task0_before") for k in keys)
+            and any(k.startswith("eval/video/task0_after1") for k in keys))

@@ -7,14 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from metarl import config as cfg
-from metarl.checkpoint import load_checkpoint, save_checkpoint
-from metarl.cli import main
-from metarl.train import CHECKPOINT, build, read_metrics
 
 from conftest import without_timings
+from metarl import config as cfg
+from metarl.cli import main
+from metarl.run.factory import build
+from metarl.run.rundir import CHECKPOINT, read_metrics
 
 NAV = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d.yaml")
 #: The first of the MAML paper's 2D-navigation test goals (np.random.seed(1), uniform in [-0.5, 0.5]^2).
@@ -49,24 +47,6 @@ def test_same_seed_gives_identical_metrics(tmp_path, tiny_run_args):
     assert without_timings(a) == without_timings(b)
     assert main(["train", NAV, *tiny_run_args, "run.name=c", "run.seed=1", "eval.at_end=false", "--quiet"]) == 0
     assert without_timings(read_metrics(tmp_path / "c")) != without_timings(a)
-
-
-def test_checkpoint_round_trip(tmp_path, tiny_run_args):
-    config = cfg.load(NAV, tiny_run_args)
-    parts = build(config)
-    with torch.no_grad():
-        for p in parts.policy.parameters():
-            p.add_(torch.randn_like(p))
-    path = tmp_path / "ck.pt"
-    save_checkpoint(path, {"iteration": 3, "policy": parts.policy.state_dict(), "config": cfg.to_dict(config)})
-    state = load_checkpoint(path)
-    fresh = build(config).policy
-    fresh.load_state_dict(state["policy"])
-    for a, b in zip(parts.policy.parameters(), fresh.parameters()):
-        assert torch.equal(a, b)
-    assert state["iteration"] == 3 and cfg.from_dict(state["config"]) == config
-    assert state["versions"]["torch"] == torch.__version__
-    assert not list(tmp_path.glob(".ck.pt.*.tmp"))
 
 
 def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
@@ -146,7 +126,8 @@ def test_plot_command_draws_several_runs(tmp_path, tiny_run_args, capsys):
         assert main(["train", NAV, *tiny_run_args, f"run.name={name}", f"run.seed={ord(name)}", "--quiet"]) == 0
     (tmp_path / "b" / "eval.json").unlink()  # a run without evaluation still gets its training curves
     out = tmp_path / "both.png"
-    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--labels", "A", "B", "--smooth", "2"]) == 0
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--labels", "A", "B",
+                 "--smooth", "2"]) == 0
     assert out.is_file() and out.stat().st_size > 10_000
     assert main(["plot", str(tmp_path / "a"), "--labels", "A", "B"]) == 2
     assert "--labels: got 2 labels for 1 runs" in capsys.readouterr().err
@@ -155,7 +136,8 @@ def test_plot_command_draws_several_runs(tmp_path, tiny_run_args, capsys):
 
 @pytest.mark.parametrize("inner_loss", ["lvc", "dice"])
 def test_training_with_other_inner_losses(tmp_path, tiny_run_args, inner_loss):
-    assert main(["train", NAV, *tiny_run_args, f"maml.inner_loss={inner_loss}", "eval.at_end=false", "run.name=x", "--quiet"]) == 0
+    assert main(["train", NAV, *tiny_run_args, f"maml.inner_loss={inner_loss}", "eval.at_end=false", "run.name=x",
+                 "--quiet"]) == 0
     metrics = read_metrics(tmp_path / "x")
     assert len(metrics) == 2 and all(math.isfinite(m["loss_after"]) for m in metrics)
     assert all(m["step_accepted"] for m in metrics)

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def readme_example() -> str:
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- user-env-example:start -->\s*```python\n(.*?)```\s*<!-- user-env-example:end -->", text, re.S)
+    block = re.search(r"<!-- user-env-example:start -->\s*```python\n(.*?)```\s*"
+                      r"<!-- user-env-example:end -->", text, re.S)
     assert block, "README lost its user-env example"
     return block.group(1)
 

@@ -1,0 +1,36 @@
+"""The MAML paper's own results, for comparison: ``metarl/data/maml_paper_results.csv``.
+
+Source: Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks" (ICML 2017), Figures 4 and 5: the per-task results behind the figures, decoded from the
+authors' public result files (``cbfinn/maml_rl``). Columns: ``env`` (``point`` is 2D navigation),
+``method`` (``maml``, ``pretrain`` or for 2D navigation ``sens0``, ``random``, ``oracle``, ...),
+``grad_steps``, ``n_test_tasks``, ``mean_return`` and ``std_error`` over the 40 test tasks. The
+values at one step match the paper's appendix Tables 4 and 5 to the second decimal.
+"""
+
+from __future__ import annotations
+
+import csv
+from importlib import resources
+
+#: Our names for the paper's methods (the authors' files call 2D navigation's pretrained policy "sens0").
+METHOD_NAMES = {"maml": "MAML", "pretrain": "pretrained", "sens0": "pretrained", "random": "random init",
+                "oracle": "oracle"}
+
+
+def paper_results(env: str) -> dict[str, tuple[list[float], list[float]]]:
+    """``{method: (means, standard errors)}`` after 0, 1, ... gradient steps for the paper's ``env``
+    (e.g. "point"), for the methods of :data:`METHOD_NAMES`, in that order."""
+    text = resources.files("metarl").joinpath("data/maml_paper_results.csv").read_text()
+    rows = [r for r in csv.DictReader(text.splitlines()) if r["env"] == env and r["method"] in METHOD_NAMES]
+    if not rows:
+        raise ValueError(f"the paper has no results for env {env!r}")
+    results: dict[str, tuple[list[float], list[float]]] = {}
+    for method, name in METHOD_NAMES.items():
+        if name in results:
+            continue
+        steps = sorted((int(r["grad_steps"]), float(r["mean_return"]), float(r["std_error"]))
+                       for r in rows if r["method"] == method)
+        if steps:
+            results[name] = ([m for _, m, _ in steps], [s for _, _, s in steps])
+    return results

@@ -1,0 +1,54 @@
+"""The end-of-run evaluation and ``metarl evaluate``: the test protocol on a run's meta-parameters."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from metarl import config as cfg
+from metarl.checkpoint import atomic_write_bytes
+from metarl.evaluate import evaluate_protocol
+from metarl.plots import plot_adaptation
+from metarl.run.factory import Components, build, eval_tasks, make_sampler
+from metarl.run.rundir import RunDir
+from metarl.run.state import load_meta_parameters
+
+#: What ``metarl evaluate RUN_DIR key=value`` may change: the protocol and the device.
+EVALUATE_OVERRIDES = ("eval.", "run.device")
+
+
+def run_evaluation(config: cfg.Config, parts: Components, run: RunDir) -> dict[str, Any]:
+    """The test protocol of ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run``."""
+    ev = config.eval
+    tasks = eval_tasks(config)
+    # Its own sampler, on the "eval_sampler" stream of eval.seed: the same checkpoint always gives the same eval.json.
+    sampler = make_sampler(config, parts.device, "eval_sampler")
+    start = time.perf_counter()
+    try:
+        result = evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes)
+    finally:
+        sampler.close()
+    result = {"env": config.env.id, "eval_tasks": ev.tasks, "eval_seed": ev.seed, **result,
+              "time_s": time.perf_counter() - start}
+    atomic_write_bytes(run.path / "eval.json", lambda f: f.write(json.dumps(result, indent=1).encode()))
+    plot_adaptation(result, run.path / "eval.png", title=config.env.id, label=run.path.name)
+    return result
+
+
+def evaluate_run(
+    run_dir: str | Path, overrides: list[str] | None = None, checkpoint: str | Path | None = None
+) -> dict[str, Any]:
+    """Re-run the evaluation of a finished (or checkpointed) run, with optional ``eval.*`` and
+    ``run.device`` overrides; ``checkpoint`` defaults to ``RUN_DIR/checkpoints/last.pt``."""
+    run = RunDir.open(run_dir)
+    config = run.load_config(overrides, EVALUATE_OVERRIDES,
+                             "evaluate only accepts eval.* and run.device overrides (the policy is fixed by the run)")
+    parts = build(config)
+    try:
+        path = Path(checkpoint) if checkpoint else run.checkpoint()
+        load_meta_parameters(parts, run.load_checkpoint(path, parts.device), path)
+        return run_evaluation(config, parts, run)
+    finally:
+        parts.close()

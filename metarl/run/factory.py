@@ -1,0 +1,114 @@
+"""From a config to the objects a run is made of, with one random stream per purpose.
+
+Streams (``metarl.runtime.seed_stream``): ``run.seed`` seeds the global generators (parameter
+initialisation), the training tasks and the training sampler (its env resets and action noise);
+``eval.seed`` seeds the test tasks and the evaluation's sampler. Each purpose has its own child of
+the seed's ``SeedSequence``, so no two purposes share a stream even when ``run.seed == eval.seed``:
+the test tasks are never the first training meta-batch, and evaluation noise is never training noise.
+
+Building validates everything that can fail before a run directory is written (the env, the
+device, the Ray cluster, the evaluation's task source).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from metarl import config as cfg
+from metarl.evaluate import check_eval_tasks
+from metarl.maml import MetaSGDStepSizes, StepSize, meta_parameters
+from metarl.outer import OuterUpdate, make_outer_update
+from metarl.policy import GaussianMLPPolicy
+from metarl.runtime import generator, resolve_device, seed_everything, seed_stream
+from metarl.sampler import BaseSampler, Sampler, check_task_env, resolve_env_id
+
+
+@dataclass
+class Components:
+    """What a run is built from."""
+
+    device: torch.device
+    sampler: BaseSampler
+    task_env: gym.Env  # draws the training tasks, from the "train_tasks" stream of run.seed
+    policy: GaussianMLPPolicy
+    outer: OuterUpdate
+    step_sizes: MetaSGDStepSizes | None = None  # maml.meta_sgd's learned inner step sizes
+    notes: list[str] = field(default_factory=list)  # one line each: what was chosen, or not restored
+
+    def inner_step_size(self, config: cfg.Config) -> StepSize:
+        """The inner step size: Meta-SGD's learned tensors, or ``maml.inner_lr``."""
+        return self.step_sizes.as_params() if self.step_sizes is not None else config.maml.inner_lr
+
+    def close(self) -> None:
+        self.sampler.close()
+        self.task_env.close()
+
+
+def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train_sampler") -> BaseSampler:
+    """The sampler of ``config.sampler`` (local, or on Ray workers: same episodes either way), on the
+    random stream of ``purpose``: "train_sampler" (``run.seed``) or "eval_sampler" (``eval.seed``)."""
+    seed = config.eval.seed if purpose == "eval_sampler" else config.run.seed
+    args = (config.env.id, config.env.kwargs, config.sampler.horizon)
+    rest = (device, seed_stream(seed, purpose), config.sampler.rescale_actions)
+    if config.sampler.backend == "local":
+        return Sampler(*args, config.sampler.vectorization, *rest)
+    from metarl.ray_sampler import RaySampler  # Ray is optional
+
+    ray = config.ray
+    try:
+        return RaySampler(*args, config.sampler.vectorization, *rest, num_workers=ray.workers,
+                          cpus_per_worker=ray.cpus_per_worker, address=ray.address, max_retries=ray.max_retries,
+                          timeout_s=ray.timeout_s)
+    except (ImportError, ValueError) as exc:
+        raise cfg.ConfigError(str(exc)) from exc  # the message names the field
+
+
+def resolve(device: str) -> torch.device:
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        raise cfg.ConfigError(str(exc)) from exc
+
+
+def build(config: cfg.Config, device: torch.device | None = None) -> Components:
+    """The components of a run on ``device`` (default: ``run.device`` resolved)."""
+    seed_everything(config.run.seed)
+    device = device or resolve(config.run.device)
+    task_env = check_task_env(config.env.id, config.env.kwargs)
+    try:
+        check_eval_tasks(task_env, config.eval.tasks)  # before training, not when it ends
+        task_env.reset(seed=config.run.seed)
+        task_env.unwrapped.np_random = generator(config.run.seed, "train_tasks")
+        sampler = make_sampler(config, device, "train_sampler")
+    except BaseException:
+        task_env.close()
+        raise
+    policy = GaussianMLPPolicy(
+        sampler.obs_dim, sampler.act_dim, tuple(config.policy.hidden_sizes), config.policy.nonlinearity,
+        config.policy.init_std,
+    ).to(device)
+    step_sizes = (MetaSGDStepSizes(policy.parameters_dict(), config.maml.inner_lr).to(device)
+                  if config.maml.meta_sgd else None)
+    step_size = step_sizes.as_params() if step_sizes is not None else config.maml.inner_lr
+    outer = make_outer_update(config, meta_parameters(policy.parameters_dict(), step_size))
+    return Components(device, sampler, task_env, policy, outer, step_sizes, [sampler.note])
+
+
+def eval_tasks(config: cfg.Config) -> list[Any]:
+    """The held-out tasks of ``config.eval``: ``eval.num_tasks`` draws from the "test_tasks" stream of
+    ``eval.seed`` (``eval.tasks: seeded``), or the env's ``paper_test_tasks`` (``paper``)."""
+    ev = config.eval
+    env = gym.make(resolve_env_id(config.env.id), **config.env.kwargs)
+    try:
+        check_eval_tasks(env, ev.tasks)
+        if ev.tasks == "paper":
+            return env.unwrapped.paper_test_tasks(ev.num_tasks)
+        env.reset(seed=ev.seed)
+        env.unwrapped.np_random = generator(ev.seed, "test_tasks")
+        return env.unwrapped.sample_tasks(ev.num_tasks)
+    finally:
+        env.close()

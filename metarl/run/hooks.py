@@ -1,0 +1,176 @@
+"""What a run does around its meta-iterations, one hook per concern (see :class:`metarl.run.loop.Hook`).
+
+- :class:`MetricsLog`: one line of ``metrics.jsonl`` per iteration, flushed at once.
+- :class:`Progress`: the progress bar (or nothing with ``--quiet``).
+- :class:`Checkpoints`: ``best.pt`` on every new best post-adaptation return; ``last.pt`` every
+  ``run.checkpoint_every`` iterations or ``run.checkpoint_minutes`` minutes (whichever comes
+  first), at a signal and at the end; marks the run finished once its end-of-run steps are done.
+- :class:`Plots`: ``training.png`` and ``metrics.csv`` at a stop and at the end.
+- :class:`Evaluation`: the test protocol at the end (``eval.at_end``), its table, and the videos.
+- :class:`WandbLog`: metrics, evaluation, videos and checkpoint artifacts to Weights & Biases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import IO, Any
+
+from tqdm import tqdm
+
+from metarl.evaluate import format_table
+from metarl.plots import plot_training
+from metarl.run.evaluation import run_evaluation
+from metarl.run.loop import Hook, RunState
+from metarl.run.rundir import BEST_CHECKPOINT, CHECKPOINT
+from metarl.run.state import checkpoint_state
+from metarl.tracking import Tracker
+
+
+class MetricsLog(Hook):
+    def __init__(self) -> None:
+        self.file: IO[str] | None = None
+
+    def on_start(self, state: RunState) -> None:
+        self.file = open(state.run.metrics_path, "a")  # noqa: SIM115 (closed at the end or on error)
+
+    def on_iteration(self, state: RunState, metrics: dict[str, Any]) -> None:
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+
+    def _close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def on_stop(self, state: RunState, signum: int) -> None:
+        self._close()
+
+    def on_end(self, state: RunState) -> None:
+        self._close()
+
+    def on_error(self, state: RunState, exc: BaseException) -> None:
+        self._close()
+
+
+class Progress(Hook):
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def on_start(self, state: RunState) -> None:
+        iterations = state.config.run.iterations
+        self.bar = tqdm(total=iterations, initial=state.start, desc="meta-training", unit="it", disable=self.quiet,
+                        dynamic_ncols=True)
+
+    def on_iteration(self, state: RunState, metrics: dict[str, Any]) -> None:
+        seconds = metrics["time_sampling"] + metrics["time_adapt"] + metrics["time_update"]
+        self.bar.set_postfix(pre=f"{metrics['pre_return']:.1f}", post=f"{metrics['post_return']:.1f}",
+                             kl=f"{metrics['kl']:.4f}", steps_per_s=f"{metrics['env_steps'] / seconds:.0f}",
+                             refresh=False)
+        self.bar.update(1)
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_stop(self, state: RunState, signum: int) -> None:
+        self._close()
+
+    def on_end(self, state: RunState) -> None:
+        self._close()
+        if state.done > state.start:
+            state.say(f"trained {state.config.run.iterations} meta-iterations in {state.wall_time:.0f} s")
+
+    def on_error(self, state: RunState, exc: BaseException) -> None:
+        self._close()
+
+
+class Checkpoints(Hook):
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.saved_at = -1  # the iteration count last.pt holds
+        self.last_save = time.monotonic()
+
+    def _save(self, state: RunState, finished: bool = False) -> None:
+        state.run.save_checkpoint(checkpoint_state(state.config, state.parts, state.done, state.best_post_return,
+                                                   self.tracker.run_id, finished))
+        self.saved_at, self.last_save = state.done, time.monotonic()
+
+    def on_start(self, state: RunState) -> None:
+        self.saved_at, self.last_save = state.start, time.monotonic()
+
+    def on_iteration(self, state: RunState, metrics: dict[str, Any]) -> None:
+        run = state.config.run
+        if metrics["post_return"] > state.best_post_return:
+            state.best_post_return = metrics["post_return"]
+            state.run.save_checkpoint(checkpoint_state(state.config, state.parts, state.done, state.best_post_return,
+                                                       self.tracker.run_id), best=True)
+        overdue = run.checkpoint_minutes > 0 and time.monotonic() - self.last_save >= 60 * run.checkpoint_minutes
+        if state.done % run.checkpoint_every == 0 or state.done == run.iterations or overdue:
+            self._save(state)
+
+    def on_stop(self, state: RunState, signum: int) -> None:
+        if self.saved_at != state.done:
+            self._save(state)
+
+    def on_end(self, state: RunState) -> None:
+        self._save(state, finished=True)  # after the evaluation: a resume now has nothing left to do
+
+
+class Plots(Hook):
+    def _write(self, state: RunState) -> None:
+        metrics = state.run.read_metrics()
+        if metrics:
+            plot_training(metrics, state.run.path / "training.png", title=state.config.env.id)
+            state.run.write_metrics_csv(metrics)
+
+    def on_stop(self, state: RunState, signum: int) -> None:
+        self._write(state)
+
+    def on_end(self, state: RunState) -> None:
+        self._write(state)
+
+
+class Evaluation(Hook):
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_end(self, state: RunState) -> None:
+        if not state.config.eval.at_end:
+            return
+        result = run_evaluation(state.config, state.parts, state.run)
+        self.tracker.log_evaluation(result, state.run.path / "eval.png")
+        state.say(format_table(result))
+        self.tracker.log_videos(state.config, state.run.path, state.say)
+
+
+class WandbLog(Hook):
+    """Ends the wandb run with the run's exit code; the iterations' metrics go to it as they come."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_iteration(self, state: RunState, metrics: dict[str, Any]) -> None:
+        self.tracker.log_iteration(metrics)
+
+    def on_stop(self, state: RunState, signum: int) -> None:
+        self.tracker.finish(exit_code=128 + signum)
+
+    def on_end(self, state: RunState) -> None:
+        if state.config.tracking.log_checkpoints:
+            self.tracker.log_checkpoints({"latest": state.run.checkpoint(CHECKPOINT),
+                                          "best": state.run.checkpoint(BEST_CHECKPOINT)})
+        self.tracker.finish()
+
+    def on_error(self, state: RunState, exc: BaseException) -> None:
+        self.tracker.finish(exit_code=1)
+
+
+def default_hooks(tracker: Tracker, quiet: bool) -> list[Hook]:
+    """The hooks of ``metarl train``, in the order they run at each event."""
+    # Checkpoints comes after Evaluation: the run is marked finished once its evaluation is written.
+    return [MetricsLog(), Progress(quiet), Plots(), Evaluation(tracker), Checkpoints(tracker), WandbLog(tracker)]
+
+
+__all__ = ["Checkpoints", "Evaluation", "MetricsLog", "Plots", "Progress", "WandbLog", "default_hooks"]
