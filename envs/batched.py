@@ -1,11 +1,13 @@
 """Batched simulators: N copies of a task env stepped together, each on its own task.
 
-A task env may offer one through ``TaskEnv.make_batched``; metarl's sampler then steps all its
-sub-environments with one call per step instead of going through gymnasium's vector API. A batched
-simulator is the *same* environment as the gymnasium one (same spaces, dynamics, rewards and
-terminations; tests compare them step by step), minus what the sampler does not need: no
-autoreset (the sampler runs fixed-horizon episodes and masks the steps after a termination), no
-``info`` dicts, no rendering.
+A task env may offer one through ``TaskEnv.make_batched``, declared with ``batched_simulator =
+True`` in the body of the class it reproduces (a subclass does not inherit the declaration);
+metarl's sampler then steps all its sub-environments with one call per step instead of going
+through gymnasium's vector API. A batched simulator is the *same* environment as the gymnasium one
+(same spaces, dynamics, rewards and terminations; tests compare them step by step), minus what the
+sampler does not need: no autoreset (the sampler runs fixed-horizon episodes and masks the steps
+after a termination), no time limit (the sampler's horizon ends episodes), no ``info`` dicts, no
+rendering.
 
 Observations, rewards and actions are torch tensors on the simulator's device, so that a simulator
 written in torch (2D navigation) runs wholly on the policy's device, GPU included.

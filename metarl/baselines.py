@@ -24,7 +24,7 @@ from metarl import config as cfg
 from metarl.evaluate import evaluate_protocol
 from metarl.policy import GaussianMLPPolicy
 from metarl.run.factory import eval_tasks, make_sampler
-from metarl.runtime import generator
+from metarl.runtime import seed_env
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -36,9 +36,7 @@ class TaskDistribution(gym.Wrapper):
 
     def reset(self, **kwargs: Any):
         if "seed" in kwargs and kwargs["seed"] is not None:
-            seed = kwargs.pop("seed")
-            self.env.reset(seed=seed)
-            self.env.unwrapped.np_random = generator(seed, "baselines")
+            seed_env(self.env, kwargs.pop("seed"), "baselines")
         base = self.env.unwrapped
         base.set_task(base.sample_tasks(1)[0])
         return self.env.reset(**kwargs)

@@ -65,15 +65,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"metarl train: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
     except (SamplerWorkerError, NonFiniteEnvError) as exc:  # the message names the env and the tasks
-        print(f"metarl train: error: {exc}\nthe last checkpoint stays; resume with metarl train --resume RUN_DIR",
-              file=sys.stderr)
+        print(f"metarl train: error: {exc}\n{_what_is_left(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: the iteration was abandoned, the previous checkpoint stays
-        print("metarl train: stopped at once; resume from the last checkpoint with metarl train --resume RUN_DIR",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a second Ctrl-C: the iteration was abandoned, the previous checkpoint stays
+        print(f"metarl train: stopped at once\n{_what_is_left(exc)}", file=sys.stderr)
         return 130
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _what_is_left(exc: BaseException) -> str:
+    """What a failed ``metarl train`` leaves: the run to resume, or nothing."""
+    from metarl.run.rundir import CHECKPOINT
+
+    run_dir = getattr(exc, "run_dir", None)
+    if run_dir is None:
+        return "no meta-iteration was recorded, so no run directory was kept"
+    if not (Path(run_dir) / CHECKPOINT).is_file():
+        return f"{run_dir} has no checkpoint yet; start the run again"
+    return f"the last checkpoint stays; resume with: metarl train --resume {run_dir}"
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ class AdamUpdate(OuterUpdate):
     def __init__(self, config: cfg.Config, meta_parameters: list[Tensor]):
         super().__init__(config)
         self.optimizer = torch.optim.Adam(meta_parameters, lr=config.ppo.lr)
-        self.inner_kl_coef = 0.0
+        self.inner_kl_coef = 0.0  # plain meta-gradient descent: no inner trust region
 
     def step(self, policy: GaussianMLPPolicy, batch: MetaBatch, inner_step_size: StepSize) -> dict[str, Any]:
         stats = ppo_meta_step(policy, self.optimizer, batch, inner_step_size, first_order=self.first_order,
@@ -93,12 +93,11 @@ class AdamUpdate(OuterUpdate):
                 "inner_kl": stats.inner_kl}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "inner_kl_coef": self.inner_kl_coef}
+        return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
-        self.inner_kl_coef = float(state.get("inner_kl_coef", self.inner_kl_coef))
 
 
 class ProMPUpdate(AdamUpdate):
@@ -119,6 +118,13 @@ class ProMPUpdate(AdamUpdate):
         if self.inner_kl_target:
             self.inner_kl_coef = adapt_kl_coef(self.inner_kl_coef, metrics["inner_kl"], self.inner_kl_target)
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "inner_kl_coef": self.inner_kl_coef}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.inner_kl_coef = float(state.get("inner_kl_coef", self.inner_kl_coef))
 
 
 def make_outer_update(config: cfg.Config, meta_parameters: list[Tensor]) -> OuterUpdate:

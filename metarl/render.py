@@ -104,36 +104,33 @@ def render_run(
     if reason:
         raise RenderError(reason)
     parts = build(config)
-    path = Path(checkpoint) if checkpoint else run.checkpoint()
     try:
+        path = Path(checkpoint) if checkpoint else run.checkpoint()
         load_meta_parameters(parts, run.load_checkpoint(path, parts.device), path)
-    except BaseException:
-        parts.close()
-        raise
-    ev = config.eval
-    tasks = eval_tasks(config)[:num_tasks]
-    kept: dict[int, Params] = {}
-    sampler = make_sampler(config, parts.device, "eval_sampler")
-    try:
-        evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes,
-                          on_step=lambda k, params: kept.__setitem__(k, params))
+        ev = config.eval
+        tasks = eval_tasks(config)[:num_tasks]
+        kept: dict[int, Params] = {}
+        sampler = make_sampler(config, parts.device, "eval_sampler")
+        try:
+            evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes,
+                              on_step=lambda k, params: kept.__setitem__(k, params))
+        finally:
+            sampler.close()
+        action_map = sampler.action_to_env  # the policy acts in [-1, 1]
+        out = Path(out_dir) if out_dir else run.path / "videos"
+        out.mkdir(parents=True, exist_ok=True)
+        env = _rendering_env(config.env.id, config.env.kwargs, size)
+        written = []
+        try:
+            for i, task in enumerate(tasks):
+                for k, name in ((0, f"task{i}_before.mp4"), (ev.num_steps, f"task{i}_after{ev.num_steps}.mp4")):
+                    params = {key: value[i : i + 1] for key, value in kept[k].items()}
+                    images = _episode_frames(env, parts.policy, params, task, frames, action_map)
+                    imageio.mimwrite(out / name, images, fps=fps, macro_block_size=1)
+                    written.append(out / name)
+        finally:
+            env.close()
     finally:
-        sampler.close()
-    action_map = sampler.action_to_env  # the policy acts in [-1, 1]
-    out = Path(out_dir) if out_dir else run.path / "videos"
-    out.mkdir(parents=True, exist_ok=True)
-    env = _rendering_env(config.env.id, config.env.kwargs, size)
-    written = []
-    try:
-        for i, task in enumerate(tasks):
-            for k, name in ((0, f"task{i}_before.mp4"), (ev.num_steps, f"task{i}_after{ev.num_steps}.mp4")):
-                params = {key: value[i : i + 1] for key, value in kept[k].items()}
-                images = _episode_frames(env, parts.policy, params, task, frames, action_map)
-                path = out / name
-                imageio.mimwrite(path, images, fps=fps, macro_block_size=1)
-                written.append(path)
-    finally:
-        env.close()
         parts.close()
     return written
 

@@ -30,6 +30,13 @@ def generator(seed: int, purpose: str) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed_stream(seed, purpose)))
 
 
+def seed_env(env: Any, seed: int, purpose: str) -> None:
+    """Reset ``env`` once with ``seed`` (gymnasium's seeding of the env and its wrappers), then put its
+    generator, which draws its tasks and reset noise, on the stream of ``purpose``."""
+    env.reset(seed=seed)
+    env.unwrapped.np_random = generator(seed, purpose)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy's global generator and torch (CPU and CUDA).
 

@@ -403,7 +403,11 @@ class Sampler(BaseSampler):
         # Why the env's batched simulator is not used (empty when it is, or when not asked for).
         self._why = "" if has_batched_simulator(probe) else batched_simulator_note(probe)
         if not self._why and vectorization in ("auto", "batched"):
-            trial = probe.unwrapped.make_batched(1, device=self.device, seed=0)
+            try:
+                trial = probe.unwrapped.make_batched(1, device=self.device, seed=0)
+            except BaseException:
+                self.close()
+                raise
             if trial is None:
                 self._why = f"{self.env_class.__name__}.make_batched returned None"
             else:
@@ -442,8 +446,16 @@ class Sampler(BaseSampler):
     def stepper(self, num_envs: int) -> Stepper:
         """The backend that steps ``num_envs`` sub-envs (built once per size, then reused)."""
         if num_envs not in self._steppers:
+            sim = None
             if self.batched:
                 sim = self._probe.unwrapped.make_batched(num_envs, device=self.device, seed=self._sim_seed)
+                if sim is None:  # it had one for 1 env, not for this many: the vector API from now on
+                    self._why = f"{self.env_class.__name__}.make_batched returned None for {num_envs} envs"
+                    self._mode = "vector_entry_point" if gym.spec(self.env_id).vector_entry_point else "sync"
+                    for stepper in self._steppers.values():
+                        stepper.close()
+                    self._steppers.clear()
+            if sim is not None:
                 self._steppers[num_envs] = BatchedStepper(sim, self.device)
             else:
                 self._steppers[num_envs] = VectorStepper(self.env_id, self.env_kwargs, num_envs, self._mode,

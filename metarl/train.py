@@ -2,18 +2,20 @@
 
 The order of a start is the guarantee that a failed start leaves nothing behind: every check that
 can fail (config, env, device, Ray, evaluation tasks, tracking) runs before the run directory is
-claimed, and a run that fails before its first meta-iteration is written removes its directory.
+claimed or changed, and a new run that fails before its first meta-iteration is recorded removes
+its directory.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from metarl import config as cfg
-from metarl.run.factory import build, resolve
+from metarl.run.factory import Components, build, resolve
 from metarl.run.hooks import default_hooks
 from metarl.run.loop import RunState, TrainingInterrupted, run_loop
 from metarl.run.rundir import RESUME_OVERRIDES, RunDir, config_differences
@@ -23,16 +25,11 @@ from metarl.tracking import Tracker, check_tracking
 __all__ = ["TrainingInterrupted", "resume", "train"]
 
 
-def _say(quiet: bool):
-    from tqdm import tqdm
-
-    return (lambda text: None) if quiet else (lambda text: tqdm.write(text))
-
-
 def train(config: cfg.Config, quiet: bool = False) -> Path:
     """Meta-train as configured; returns the run directory (see :mod:`metarl.run.rundir` for what
     it holds). SIGINT or SIGTERM finish the current meta-iteration, write a checkpoint and raise
-    :class:`TrainingInterrupted`; a second signal abandons the iteration."""
+    :class:`TrainingInterrupted`; a second signal abandons the iteration. An exception raised while
+    training carries ``run_dir``: the directory, or None when it was removed (nothing recorded)."""
     parts = build(config)
     try:
         check_tracking(config)
@@ -42,16 +39,13 @@ def train(config: cfg.Config, quiet: bool = False) -> Path:
         except BaseException:
             run.remove()
             raise
-        say = _say(quiet)
-        say(f"run directory: {run.path}  (device {parts.device})")
-        for note in parts.notes:
-            say(note)
-        state = RunState(config, parts, run, start=0, best_post_return=-math.inf, say=say)
+        state = RunState(config, parts, run, start=0, best_post_return=-math.inf)
         try:
-            run_loop(state, default_hooks(tracker, quiet))
+            _run(state, tracker, quiet, [])
         except BaseException as exc:
-            if state.done == 0 and not isinstance(exc, TrainingInterrupted):
-                run.remove()  # nothing of the run was written: the same run.name can be used again
+            if state.done == 0:
+                run.remove()  # nothing of the run was recorded: the same run.name can be used again
+            exc.run_dir = None if state.done == 0 else run.path
             raise
     finally:
         parts.close()
@@ -69,52 +63,68 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     refusal = f"a resumed run only accepts overrides of {', '.join(RESUME_OVERRIDES)}"
     config = run.load_config(overrides, RESUME_OVERRIDES, refusal)
     path = Path(checkpoint) if checkpoint else run.checkpoint()
-    state = run.load_checkpoint(path)
-    edited = config_differences(state["config"], run.load_config(), RESUME_OVERRIDES)
+    saved = run.load_checkpoint(path)
+    edited = config_differences(saved["config"], run.load_config(), RESUME_OVERRIDES)
     if edited:
         raise cfg.ConfigError(
             f"{run.config_path} differs from the config {path} was trained with: {'; '.join(edited)}. "
             f"A resumed run only accepts changes to {', '.join(RESUME_OVERRIDES)}: restore those fields, "
             "or start a new run with the new config"
         )
-    device = _resume_device(state, overrides or [], config)
-    start = int(state["iteration"])
-    if start > config.run.iterations or (start == config.run.iterations and state.get("finished", True)):
+    start = int(saved["iteration"])
+    if start > config.run.iterations or (start == config.run.iterations and saved.get("finished", True)):
         raise cfg.ConfigError(
             f"run.iterations: {run.path} already has {start} of {config.run.iterations} meta-iterations"
-            + (" and its evaluation" if state.get("finished") else "")
+            + (" and its evaluation" if saved.get("finished") else "")
             + f"; pass run.iterations=N with N > {start} to train further"
         )
-    parts = build(config, device)
+    parts = build(config, _resume_device(saved, overrides or [], config))
     try:
-        notes = restore_state(parts, state, path)
+        notes = restore_state(parts, saved, path)
         check_tracking(config)
+        tracker = Tracker(config, run.path, resume_id=saved.get("tracking_id"))
+        # Every check has passed: only now is the run directory changed.
         previous = run.keep_metrics_before(start)
         run.write_config(config)
-        tracker = Tracker(config, run.path, resume_id=state.get("tracking_id"))
-        say = _say(quiet)
-        what = "resumed at meta-iteration" if start < config.run.iterations else "training complete; evaluating after"
-        say(f"run directory: {run.path}  (device {parts.device}), {what} {start}")
-        for note in parts.notes + notes:
-            say(note)
-        loop_state = RunState(config, parts, run, start=start, best_post_return=float(state["best_post_return"]),
-                              total_env_steps=previous[-1]["total_env_steps"] if previous else 0,
-                              wall_time_before=previous[-1]["wall_time"] if previous else 0.0, say=say)
-        run_loop(loop_state, default_hooks(tracker, quiet))
+        state = RunState(config, parts, run, start=start, best_post_return=float(saved["best_post_return"]),
+                         total_env_steps=previous[-1]["total_env_steps"] if previous else 0,
+                         wall_time_before=previous[-1]["wall_time"] if previous else 0.0)
+        try:
+            _run(state, tracker, quiet, notes)
+        except BaseException as exc:
+            exc.run_dir = run.path
+            raise
     finally:
         parts.close()
     return run.path
 
 
-def _resume_device(state: dict, overrides: list[str], config: cfg.Config) -> torch.device:
+def _run(state: RunState, tracker: Tracker, quiet: bool, notes: list[str]) -> None:
+    """Say where the run is and how it samples, then run the loop with the default hooks."""
+    from tqdm import tqdm
+
+    state.say = (lambda text: None) if quiet else tqdm.write
+    parts: Components = state.parts
+    start = state.start
+    where = ""
+    if start:
+        where = (f", resumed at meta-iteration {start}" if start < state.config.run.iterations
+                 else f", training complete ({start} meta-iterations): end-of-run steps only")
+    state.say(f"run directory: {state.run.path}  (device {parts.device}){where}")
+    for note in parts.notes + notes:
+        state.say(note)
+    run_loop(state, default_hooks(tracker, quiet))
+
+
+def _resume_device(saved: dict[str, Any], overrides: list[str], config: cfg.Config) -> torch.device:
     """The device a resumed run continues on: ``run.device`` when overridden, else the one it ran on
     (not ``auto`` re-resolved, which could move a CPU run onto a GPU that appeared since)."""
-    if any(text.partition("=")[0] == "run.device" for text in overrides) or "device" not in state:
+    if any(text.partition("=")[0] == "run.device" for text in overrides) or "device" not in saved:
         return resolve(config.run.device)
-    saved = torch.device(state["device"])
-    if saved.type == "cuda" and not torch.cuda.is_available():
+    device = torch.device(saved["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise cfg.ConfigError(
-            f"run.device: the run was trained on {saved}, which is not available here; pass run.device=cpu to "
+            f"run.device: the run was trained on {device}, which is not available here; pass run.device=cpu to "
             "continue on the CPU (its action-noise stream then restarts, so it will not match an uninterrupted run)"
         )
-    return saved
+    return device

@@ -169,3 +169,13 @@ def test_no_top_level_envs_module_is_installed(tmp_path):
     proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "None"
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists the packages by hand (envs/ maps to metarl.envs): a new subpackage that
+    is not listed would be missing from a wheel, though an editable install still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, path in project_modules().items() if path.name == "__init__.py"}
+    assert listed == found

@@ -22,6 +22,7 @@ from metarl.run.factory import build
 from metarl.run.iteration import meta_iteration
 from metarl.run.rundir import BEST_CHECKPOINT, CHECKPOINT, PREVIOUS_CHECKPOINT, RunDir, read_metrics
 from metarl.run.state import checkpoint_state, restore_state
+from metarl.runtime import set_rng_state
 from metarl.train import _resume_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,10 +92,11 @@ def test_online_tracking_without_a_key_writes_nothing(tmp_path, tiny_run_args, m
     assert main(["train", NAV, *args]) == 0  # the same run.name is free
 
 
-def test_a_run_that_fails_in_its_first_iteration_leaves_no_directory(tmp_path, tiny_run_args):
+def test_a_run_that_fails_in_its_first_iteration_leaves_no_directory(tmp_path, tiny_run_args, capsys):
     args = [*tiny_run_args, "env.id=tests/NonFinite-v0", "run.name=nan", "sampler.horizon=4", "--quiet"]
     assert main(["train", NAV, *args]) == 1
     assert not (tmp_path / "nan").exists()
+    assert "no meta-iteration was recorded, so no run directory was kept" in capsys.readouterr().err
 
 
 # --- non-finite env values ----------------------------------------------------------------------
@@ -107,6 +109,7 @@ def test_nan_from_the_env_during_training_exits_1_with_the_last_checkpoint_intac
     assert main(["train", NAV, *args]) == 1
     err = capsys.readouterr().err
     assert "tests/NonFinite-v0 returned a non-finite reward nan at step 2" in err and "Traceback" not in err
+    assert f"resume with: metarl train --resume {tmp_path / 'nan'}" in err
     run = RunDir.open(tmp_path / "nan")
     state = run.load_checkpoint()
     assert state["iteration"] == len(read_metrics(run.path)) >= 1
@@ -204,7 +207,10 @@ def test_checkpoint_state_round_trips_through_restore_state(tiny_run_args):
     # every random stream continues where the saved run's would
     assert parts.task_env.unwrapped.sample_tasks(3) == fresh.task_env.unwrapped.sample_tasks(3)
     assert torch.equal(parts.sampler.draw_round(2, 2)[1], fresh.sampler.draw_round(2, 2)[1])
-    assert torch.equal(torch.rand(3), torch.rand(3)) is False  # (the global stream moved on: compare states instead)
+    restore_state(fresh, saved)
+    after_restore = torch.rand(3)  # the global stream (parameter init, third-party code) continues as saved
+    set_rng_state(saved["rng"])
+    assert torch.equal(after_restore, torch.rand(3))
     restore_state(fresh, saved)
     restore_state(parts, saved)
     assert meta_iteration(config, parts)["post_return"] == meta_iteration(config, fresh)["post_return"]
@@ -332,3 +338,34 @@ def test_the_checkpoint_keeps_its_previous_version(tmp_path):
     assert run.load_checkpoint(run.checkpoint(PREVIOUS_CHECKPOINT))["iteration"] == 1
     save_checkpoint(run.checkpoint(BEST_CHECKPOINT), state)
     assert "best.pt" in run.alternatives(run.checkpoint())
+
+
+def test_a_failing_plot_at_a_signal_does_not_cost_the_checkpoint(tmp_path, tiny_run_args, monkeypatch):
+    real = metarl.run.loop.meta_iteration
+
+    def iteration_then_signal(config, parts):
+        metrics = real(config, parts)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return metrics
+
+    def broken_plot(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(metarl.run.loop, "meta_iteration", iteration_then_signal)
+    monkeypatch.setattr(metarl.run.hooks, "plot_training", broken_plot)
+    args = [*with_iterations(tiny_run_args, 5), "run.checkpoint_every=100", "run.checkpoint_minutes=0", "run.name=p"]
+    with pytest.raises(OSError, match="disk full"):
+        main(["train", NAV, *args, "--quiet"])
+    assert RunDir.open(tmp_path / "p").load_checkpoint()["iteration"] == 1
+
+
+def test_plain_adam_keeps_no_inner_kl_weight_even_from_an_old_checkpoint(tiny_run_args):
+    """Checkpoints written before the outer updates were objects stored ppo.inner_kl_coef for adam too."""
+    config = cfg.load(NAV, [*tiny_run_args, "maml.outer=adam"])
+    parts = build(config)
+    saved = checkpoint_state(config, parts, 1, -5.0)
+    old_style = {key: value for key, value in saved.items() if key != "outer"}
+    old_style.update(optimizer=saved["outer"]["optimizer"], inner_kl_coef=5e-4)
+    restore_state(parts, old_style)
+    assert parts.outer.inner_kl_coef == 0.0 and "inner_kl_coef" not in parts.outer.state_dict()
+    parts.close()

@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 from conftest import skip_unless_ci
@@ -37,6 +38,17 @@ def read_wandb_log(path: Path) -> list:
     return records
 
 
+def wait_for_exit_record(path: Path, timeout: float = 60.0) -> list:
+    """The records of an offline run once wandb's service has flushed them: ``run.finish()`` returns
+    before the service process has written the file (seen: 7 bytes at return, complete a moment later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_wandb_log(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def test_offline_wandb_run_holds_config_history_eval_plot_and_checkpoints(tmp_path, tiny_run_args, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -47,7 +59,7 @@ def test_offline_wandb_run_holds_config_history_eval_plot_and_checkpoints(tmp_pa
     assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "eval.json").is_file()  # local files regardless
     logs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1
-    records = read_wandb_log(logs[0])
+    records = wait_for_exit_record(logs[0])
     kinds = [r.WhichOneof("record_type") for r in records]
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.display_name == "tracked" and list(run.tags) == ["smoke"] and run.run_group == "tests"
@@ -103,6 +115,6 @@ def test_offline_run_logs_videos_for_a_mujoco_family(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "hc" / "videos").iterdir()) == ["task0_after1.mp4", "task0_before.mp4"]
     (log,) = (tmp_path / "hc" / "wandb").glob("offline-run-*/run-*.wandb")
     keys = {item.key or "/".join(item.nested_key)
-            for r in read_wandb_log(log) if r.WhichOneof("record_type") == "history" for item in r.history.item}
+            for r in wait_for_exit_record(log) if r.WhichOneof("record_type") == "history" for item in r.history.item}
     assert (any(k.startswith("eval/video/task0_before") for k in keys)
             and any(k.startswith("eval/video/task0_after1") for k in keys))

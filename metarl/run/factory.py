@@ -23,7 +23,7 @@ from metarl.evaluate import check_eval_tasks
 from metarl.maml import MetaSGDStepSizes, StepSize, meta_parameters
 from metarl.outer import OuterUpdate, make_outer_update
 from metarl.policy import GaussianMLPPolicy
-from metarl.runtime import generator, resolve_device, seed_everything, seed_stream
+from metarl.runtime import resolve_device, seed_env, seed_everything, seed_stream
 from metarl.sampler import BaseSampler, Sampler, check_task_env, resolve_env_id
 
 
@@ -40,12 +40,16 @@ class Components:
     notes: list[str] = field(default_factory=list)  # one line each: what was chosen, or not restored
 
     def inner_step_size(self, config: cfg.Config) -> StepSize:
-        """The inner step size: Meta-SGD's learned tensors, or ``maml.inner_lr``."""
-        return self.step_sizes.as_params() if self.step_sizes is not None else config.maml.inner_lr
+        return inner_step_size(self.step_sizes, config)
 
     def close(self) -> None:
         self.sampler.close()
         self.task_env.close()
+
+
+def inner_step_size(step_sizes: MetaSGDStepSizes | None, config: cfg.Config) -> StepSize:
+    """The inner step size: Meta-SGD's learned tensors, or ``maml.inner_lr``."""
+    return step_sizes.as_params() if step_sizes is not None else config.maml.inner_lr
 
 
 def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train_sampler") -> BaseSampler:
@@ -81,8 +85,7 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
     task_env = check_task_env(config.env.id, config.env.kwargs)
     try:
         check_eval_tasks(task_env, config.eval.tasks)  # before training, not when it ends
-        task_env.reset(seed=config.run.seed)
-        task_env.unwrapped.np_random = generator(config.run.seed, "train_tasks")
+        seed_env(task_env, config.run.seed, "train_tasks")
         sampler = make_sampler(config, device, "train_sampler")
     except BaseException:
         task_env.close()
@@ -93,8 +96,7 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
     ).to(device)
     step_sizes = (MetaSGDStepSizes(policy.parameters_dict(), config.maml.inner_lr).to(device)
                   if config.maml.meta_sgd else None)
-    step_size = step_sizes.as_params() if step_sizes is not None else config.maml.inner_lr
-    outer = make_outer_update(config, meta_parameters(policy.parameters_dict(), step_size))
+    outer = make_outer_update(config, meta_parameters(policy.parameters_dict(), inner_step_size(step_sizes, config)))
     return Components(device, sampler, task_env, policy, outer, step_sizes, [sampler.note])
 
 
@@ -107,8 +109,7 @@ def eval_tasks(config: cfg.Config) -> list[Any]:
         check_eval_tasks(env, ev.tasks)
         if ev.tasks == "paper":
             return env.unwrapped.paper_test_tasks(ev.num_tasks)
-        env.reset(seed=ev.seed)
-        env.unwrapped.np_random = generator(ev.seed, "test_tasks")
+        seed_env(env, ev.seed, "test_tasks")
         return env.unwrapped.sample_tasks(ev.num_tasks)
     finally:
         env.close()

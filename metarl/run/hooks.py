@@ -4,7 +4,8 @@
 - :class:`Progress`: the progress bar (or nothing with ``--quiet``).
 - :class:`Checkpoints`: ``best.pt`` on every new best post-adaptation return; ``last.pt`` every
   ``run.checkpoint_every`` iterations or ``run.checkpoint_minutes`` minutes (whichever comes
-  first), at a signal and at the end; marks the run finished once its end-of-run steps are done.
+  first), after the last iteration and at a signal.
+- :class:`RunFinished`: ``last.pt`` marked finished once the end-of-run steps are done.
 - :class:`Plots`: ``training.png`` and ``metrics.csv`` at a stop and at the end.
 - :class:`Evaluation`: the test protocol at the end (``eval.at_end``), its table, and the videos.
 - :class:`WandbLog`: metrics, evaluation, videos and checkpoint artifacts to Weights & Biases.
@@ -86,15 +87,21 @@ class Progress(Hook):
         self._close()
 
 
+def _checkpoint(state: RunState, tracker: Tracker, finished: bool = False) -> dict[str, Any]:
+    return checkpoint_state(state.config, state.parts, state.done, state.best_post_return, tracker.run_id, finished)
+
+
 class Checkpoints(Hook):
+    """``best.pt`` and ``last.pt`` during training and at a stop; it runs before the other hooks'
+    side work, so a plot that fails never costs the checkpoint."""
+
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
         self.saved_at = -1  # the iteration count last.pt holds
         self.last_save = time.monotonic()
 
-    def _save(self, state: RunState, finished: bool = False) -> None:
-        state.run.save_checkpoint(checkpoint_state(state.config, state.parts, state.done, state.best_post_return,
-                                                   self.tracker.run_id, finished))
+    def _save(self, state: RunState) -> None:
+        state.run.save_checkpoint(_checkpoint(state, self.tracker))
         self.saved_at, self.last_save = state.done, time.monotonic()
 
     def on_start(self, state: RunState) -> None:
@@ -104,8 +111,7 @@ class Checkpoints(Hook):
         run = state.config.run
         if metrics["post_return"] > state.best_post_return:
             state.best_post_return = metrics["post_return"]
-            state.run.save_checkpoint(checkpoint_state(state.config, state.parts, state.done, state.best_post_return,
-                                                       self.tracker.run_id), best=True)
+            state.run.save_checkpoint(_checkpoint(state, self.tracker), best=True)
         overdue = run.checkpoint_minutes > 0 and time.monotonic() - self.last_save >= 60 * run.checkpoint_minutes
         if state.done % run.checkpoint_every == 0 or state.done == run.iterations or overdue:
             self._save(state)
@@ -114,8 +120,17 @@ class Checkpoints(Hook):
         if self.saved_at != state.done:
             self._save(state)
 
+
+class RunFinished(Hook):
+    """After the end-of-run steps (the evaluation): ``last.pt`` marked finished, so that a resume
+    knows nothing is left to do; what follows (uploads) cannot make the run unfinished."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
     def on_end(self, state: RunState) -> None:
-        self._save(state, finished=True)  # after the evaluation: a resume now has nothing left to do
+        state.run.save_checkpoint(_checkpoint(state, self.tracker, finished=True))
+        state.phase = "finishing"
 
 
 class Plots(Hook):
@@ -169,8 +184,8 @@ class WandbLog(Hook):
 
 def default_hooks(tracker: Tracker, quiet: bool) -> list[Hook]:
     """The hooks of ``metarl train``, in the order they run at each event."""
-    # Checkpoints comes after Evaluation: the run is marked finished once its evaluation is written.
-    return [MetricsLog(), Progress(quiet), Plots(), Evaluation(tracker), Checkpoints(tracker), WandbLog(tracker)]
+    return [MetricsLog(), Progress(quiet), Checkpoints(tracker), Plots(), Evaluation(tracker), RunFinished(tracker),
+            WandbLog(tracker)]
 
 
-__all__ = ["Checkpoints", "Evaluation", "MetricsLog", "Plots", "Progress", "WandbLog", "default_hooks"]
+__all__ = ["Checkpoints", "Evaluation", "MetricsLog", "Plots", "Progress", "RunFinished", "WandbLog", "default_hooks"]

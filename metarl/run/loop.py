@@ -5,7 +5,8 @@ the end) is a :class:`~metarl.run.hooks.Hook`. SIGINT or SIGTERM during training
 meta-iteration, let the hooks write a checkpoint and raise :class:`TrainingInterrupted`; a second
 signal abandons the iteration (``KeyboardInterrupt``; the previous checkpoint stays). A signal
 after the last iteration (during the evaluation) stops at once: the run resumes into its
-end-of-run steps with ``metarl train --resume``.
+end-of-run steps with ``metarl train --resume``. Once a hook has marked the run finished
+(``state.phase = "finishing"``), a signal only cuts the remaining uploads short.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ class TrainingInterrupted(Exception):
     def __init__(self, run: RunDir, iteration: int, signum: int, during: str = "training"):
         self.run_dir, self.iteration, self.signum = run.path, iteration, signum
         name = signal.Signals(signum).name
+        if during == "finishing":  # evaluation and final checkpoint written: only uploads were cut short
+            super().__init__(f"{name}: stopped while finishing; the run in {run.path} is complete (wandb may lack "
+                             "its last uploads)")
+            return
+        if during == "training" and iteration == 0:
+            super().__init__(f"{name}: stopped before the first meta-iteration was recorded; nothing to resume")
+            return
         where = (f"stopped after {iteration} meta-iterations, checkpoint written to {run.checkpoint()}"
                  if during == "training" else f"stopped during the end-of-run {during} (training is complete)")
         super().__init__(f"{name}: {where}; resume with: metarl train --resume {run.path}")
@@ -97,6 +105,8 @@ def run_loop(state: RunState, hooks: Sequence[Hook]) -> None:
         for hook in hooks:
             hook.on_start(state)
         for iteration in range(state.start, state.config.run.iterations):
+            if stop["signum"] is not None:  # arrived before this process's first iteration
+                break
             metrics = meta_iteration(state.config, state.parts)
             state.done = iteration + 1
             state.total_env_steps += metrics["env_steps"]
@@ -105,9 +115,11 @@ def run_loop(state: RunState, hooks: Sequence[Hook]) -> None:
             for hook in hooks:
                 hook.on_iteration(state, metrics)
             if stop["signum"] is not None:
-                for hook in hooks:
-                    hook.on_stop(state, stop["signum"])
-                raise TrainingInterrupted(state.run, state.done, stop["signum"])
+                break
+        if stop["signum"] is not None:
+            for hook in hooks:
+                hook.on_stop(state, stop["signum"])
+            raise TrainingInterrupted(state.run, state.done, stop["signum"])
         state.phase = "evaluation"
         for hook in hooks:
             hook.on_end(state)

@@ -87,7 +87,13 @@ class RunDir:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            os.link(tmp, run.config_path)  # fails if another process claimed the directory first
+            try:
+                os.link(tmp, run.config_path)  # fails if another process claimed the directory first
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: an exclusive create claims it as well
+                with open(run.config_path, "xb") as f:
+                    f.write(text)
         except FileExistsError:
             raise cfg.ConfigError(
                 f"run.name: run directory {run.path} was claimed by another run; choose another run.name"

@@ -62,10 +62,9 @@ def restore_state(parts: Components, state: dict[str, Any], path: str | Path = "
     """Load what :func:`checkpoint_state` saved into freshly built components; returns one line per
     thing that could not be restored exactly (empty when the resumed run continues bit for bit)."""
     load_meta_parameters(parts, state, path)
-    # Checkpoints written before the outer updates were objects kept Adam's state at the top level.
-    parts.outer.load_state_dict(state.get("outer") or {"optimizer": state.get("optimizer"),
-                                                         **({"inner_kl_coef": state["inner_kl_coef"]}
-                                                            if "inner_kl_coef" in state else {})})
+    # Checkpoints written before the outer updates were objects kept their state at the top level.
+    legacy = {key: state[key] for key in ("optimizer", "inner_kl_coef") if state.get(key) is not None}
+    parts.outer.load_state_dict(state.get("outer", legacy))
     notes = []
     if "cuda" in state["rng"] and not torch.cuda.is_available():
         notes.append("the CUDA random state could not be restored (no CUDA here)")
