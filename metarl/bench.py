@@ -1,6 +1,7 @@
 """``metarl bench``: where a meta-iteration's time goes, measured side by side in one run.
 
-For each env, at a reference config (the literature's batch size and policy), it measures:
+For each env at a reference config (the literature's batch size and policy, ``--envs``), or for
+any experiment config as shipped (``--config FILE``), it measures:
 
 - ``limit_steps_per_s``: raw open-loop ``mujoco.rollout`` over the same batch and threads,
   replaying the actions the sampler's policy took (no policy, no rewards, no early termination):
@@ -10,11 +11,17 @@ For each env, at a reference config (the literature's batch size and policy), it
 - ``sync_vector_steps_per_s`` / ``async_vector_steps_per_s``: the same sampler forced onto gymnasium's
   SyncVectorEnv and AsyncVectorEnv. Async runs one process per sub-env, so it is measured on a small
   batch (``--async-envs``); its figure is a rate, comparable all the same.
-- ``meta_update_s``: one MAML-TRPO meta-update on a sampled batch as training runs it (tasks stacked
-  in cache-sized groups); ``meta_update_one_group_s`` with all tasks stacked in one group, and
+- ``meta_update_s``: one meta-update on a sampled batch as training runs it (the config's outer
+  update, inner loss and step sizes; TRPO with tasks stacked in cache-sized groups);
+  for TRPO also ``meta_update_one_group_s`` with all tasks stacked in one group, and
   ``meta_update_per_task_s`` task by task, as the reference implementations compute it. All three
   are the same update (see ``metarl.maml.trpo_meta_step``).
 - ``iteration_s``: one whole meta-iteration (sampling before and after adaptation, then the update).
+- ``eval_s`` (with ``--eval``): the end-of-run evaluation of the config's ``eval`` section (its
+  test tasks, adaptation steps and budget), once.
+- ``peak_rss_mb``: the peak resident memory of the process that measured the row (each row runs
+  in a fresh process, so rows do not inherit each other's peaks); ``update_peak_mb``: how far the
+  resident memory rose above its level before the meta-update while it ran (sampled every 2 ms).
 
 Rates count valid env steps (those of episodes still running); the sampler does not simulate
 finished episodes. Every figure is the best of ``--repeats`` runs, after one
@@ -26,10 +33,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
+import os
+import resource
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mujoco
@@ -40,8 +53,9 @@ from mujoco import rollout
 import metarl.config as cfg
 from metarl.envs.batched import cpu_cores
 from metarl.envs.mujoco_batch import MujocoBatchSim
+from metarl.evaluate import evaluate_protocol
 from metarl.maml import trpo_meta_step
-from metarl.run.factory import build
+from metarl.run.factory import build, eval_tasks, make_sampler
 from metarl.run.iteration import collect_meta_batch, meta_iteration
 
 
@@ -81,6 +95,50 @@ def bench_config(spec: BenchEnv, tasks: int | None, episodes: int | None, horizo
         f"maml.inner_lr={spec.inner_lr}",
         "run.device=cpu",
     ])
+
+
+def file_config(path: str, tasks: int | None, episodes: int | None, horizon: int | None) -> cfg.Config:
+    """A shipped (or any) experiment config as training runs it, on the CPU, with the batch options."""
+    overrides = ["run.device=cpu"]
+    for key, value in (("maml.meta_batch_size", tasks), ("sampler.episodes_per_task", episodes),
+                       ("sampler.horizon", horizon)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return cfg.load(path, overrides)
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of this process now (Linux), in MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextmanager
+def rss_growth(result: dict[str, float | None]) -> Iterator[None]:
+    """Sample the resident memory every 2 ms while the block runs; ``result["mb"]`` is its peak above
+    the level at entry (None where /proc is missing)."""
+    start = _rss_mb()
+    peak = [start]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.002):
+            now = _rss_mb()
+            if now is not None and peak[0] is not None:
+                peak[0] = max(peak[0], now)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        end = _rss_mb()
+        result["mb"] = None if start is None else max(peak[0], end or 0.0) - start
 
 
 def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -150,42 +208,78 @@ def sampler_rate(
     return steps / seconds
 
 
-def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float]:
-    """Seconds of the meta-update (default groups, one group, task by task) and of a whole iteration."""
+def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float | None]:
+    """Seconds of the meta-update as trained (for TRPO also in one group and task by task), the
+    memory it takes, and the seconds of a whole iteration."""
     parts = build(config)
     maml = config.maml
     tasks = parts.task_env.unwrapped.sample_tasks(maml.meta_batch_size)
     batch, _ = collect_meta_batch(config, parts, tasks)
-    start_state = copy.deepcopy(parts.policy.state_dict())
+    start = copy.deepcopy((parts.policy.state_dict(), parts.step_sizes and parts.step_sizes.state_dict(),
+                           parts.outer.state_dict()))
 
-    def update(tasks_per_group: int | None) -> Callable[[], Any]:
+    def restore() -> None:
+        policy, step_sizes, outer = copy.deepcopy(start)
+        parts.policy.load_state_dict(policy)
+        if parts.step_sizes is not None:
+            parts.step_sizes.load_state_dict(step_sizes)
+        parts.outer.load_state_dict(outer)
+
+    def as_trained() -> Any:
+        restore()
+        return parts.outer.step(parts.policy, batch, parts.inner_step_size(config))
+
+    def trpo(tasks_per_group: int) -> Callable[[], Any]:
         def run() -> Any:
-            parts.policy.load_state_dict(start_state)
-            return trpo_meta_step(parts.policy, batch, maml.inner_lr, max_kl=config.trpo.max_kl,
-                                  tasks_per_group=tasks_per_group)
+            restore()
+            return trpo_meta_step(parts.policy, batch, parts.inner_step_size(config), first_order=maml.first_order,
+                                  max_kl=config.trpo.max_kl, cg_iters=config.trpo.cg_iters,
+                                  tasks_per_group=tasks_per_group, inner_loss=maml.inner_loss)
         return run
 
-    times = {
-        "meta_update_s": best_of(repeats, update(config.trpo.tasks_per_group or None))[0],
-        "meta_update_one_group_s": best_of(repeats, update(len(tasks)))[0],
-        "meta_update_per_task_s": best_of(repeats, update(1))[0],
-    }
-    parts.policy.load_state_dict(start_state)
+    memory: dict[str, float | None] = {}
+    with rss_growth(memory):  # the first update: later ones reuse what the allocator kept from it
+        as_trained()
+    times: dict[str, float | None] = {"meta_update_s": best_of(repeats, as_trained)[0], "update_peak_mb": memory["mb"]}
+    is_trpo = maml.outer == "trpo"
+    times["meta_update_one_group_s"] = best_of(repeats, trpo(len(tasks)))[0] if is_trpo else None
+    times["meta_update_per_task_s"] = best_of(repeats, trpo(1))[0] if is_trpo else None
+    restore()
     times["iteration_s"] = best_of(repeats, lambda: meta_iteration(config, parts))[0]
     parts.close()
     return times
 
 
-def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    spec = BENCH_ENVS[name]
-    config = bench_config(spec, args.tasks, args.episodes, args.horizon)
+def evaluation_time(config: cfg.Config) -> float:
+    """Seconds of the end-of-run evaluation (``config.eval``) of a freshly built policy."""
+    parts = build(config)
+    tasks = eval_tasks(config)
+    sampler = make_sampler(config, parts.device, "eval_sampler")
+    start = time.perf_counter()
+    evaluate_protocol(config, parts.policy, sampler, tasks, parts.step_sizes)
+    seconds = time.perf_counter() - start
+    sampler.close()
+    parts.close()
+    return seconds
+
+
+def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One row: a reference config (``name`` in :data:`BENCH_ENVS`) or a config file (``name`` a path)."""
+    if name in BENCH_ENVS:
+        spec = BENCH_ENVS[name]
+        config = bench_config(spec, args.tasks, args.episodes, args.horizon)
+        label, source = name, spec.source
+    else:
+        config = file_config(name, args.tasks, args.episodes, args.horizon)
+        label, source = Path(name).stem, name
     torch.set_num_threads(args.threads)
+    horizon = config.sampler.horizon or gym_horizon(config)
     row: dict[str, Any] = {
-        "env": name,
-        "env_id": spec.env_id,
+        "env": label,
+        "env_id": config.env.id,
         "config": (f"{config.maml.meta_batch_size} tasks x {config.sampler.episodes_per_task} episodes"
-                   f" x {config.sampler.horizon} steps"),
-        "source": spec.source,
+                   f" x {horizon} steps" + (" (step budget)" if config.sampler.budget == "steps" else "")),
+        "source": source,
         "threads": args.threads,
     }
     row["limit_steps_per_s"] = rollout_limit(config, args.repeats)
@@ -202,8 +296,45 @@ def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_update:
         row.update(meta_update_times(config, args.repeats))
     else:
-        row.update(meta_update_s=None, meta_update_one_group_s=None, meta_update_per_task_s=None, iteration_s=None)
+        row.update(meta_update_s=None, meta_update_one_group_s=None, meta_update_per_task_s=None, iteration_s=None,
+                   update_peak_mb=None)
+    row["eval_s"] = evaluation_time(config) if args.eval else None
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return row
+
+
+def gym_horizon(config: cfg.Config) -> int | None:
+    import gymnasium as gym
+
+    from metarl.sampler import resolve_env_id
+
+    return gym.spec(resolve_env_id(config.env.id)).max_episode_steps
+
+
+def _row_to_pipe(name: str, args: argparse.Namespace, pipe: Any) -> None:
+    try:
+        pipe.send(("row", bench_row(name, args)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        pipe.send(("error", exc))
+
+
+def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`bench_row` in a fresh process (not a pool's daemon: AsyncVectorEnv starts processes of
+    its own), so that its peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_row_to_pipe, args=(name, args, sender))
+    process.start()
+    sender.close()
+    try:
+        kind, value = receiver.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"metarl bench: the process measuring {name} died (exit code {process.exitcode})") from None
+    process.join()
+    if kind == "error":
+        raise value
+    return value
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -211,19 +342,21 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    w = max([17, *(len(r["env"]) + 1 for r in rows)])
     header = (
-        f"{'env':<17} {'limit':>9} {'sampler':>9} {'/limit':>7} {'sync':>9} {'async':>8} {'/sync':>6}"
-        f" {'update':>7} {'1 group':>8} {'per-task':>9} {'iter':>7}"
+        f"{'env':<{w}} {'limit':>9} {'sampler':>9} {'/limit':>7} {'sync':>9} {'async':>8} {'/sync':>6}"
+        f" {'update':>7} {'1 group':>8} {'per-task':>9} {'iter':>7} {'eval':>7} {'update':>7} {'peak':>7}"
     )
-    lines = [header, f"{'':<17} {'steps/s':>9} {'steps/s':>9} {'':>7} {'steps/s':>9} {'steps/s':>8} {'':>6}"
-                     f" {'s':>7} {'s':>8} {'s':>9} {'s':>7}"]
+    lines = [header, f"{'':<{w}} {'steps/s':>9} {'steps/s':>9} {'':>7} {'steps/s':>9} {'steps/s':>8} {'':>6}"
+                     f" {'s':>7} {'s':>8} {'s':>9} {'s':>7} {'s':>7} {'MiB':>7} {'MiB':>7}"]
     for r in rows:
         lines.append(
-            f"{r['env']:<17} {_fmt(r['limit_steps_per_s'], ',.0f'):>9} {_fmt(r['sampler_steps_per_s'], ',.0f'):>9}"
+            f"{r['env']:<{w}} {_fmt(r['limit_steps_per_s'], ',.0f'):>9} {_fmt(r['sampler_steps_per_s'], ',.0f'):>9}"
             f" {_fmt(r['sampler_vs_limit'], '.0%'):>7} {_fmt(r['sync_vector_steps_per_s'], ',.0f'):>9}"
             f" {_fmt(r['async_vector_steps_per_s'], ',.0f'):>8} {_fmt(r['sampler_vs_sync'], '.1f'):>5}x"
             f" {_fmt(r['meta_update_s'], '.2f'):>7} {_fmt(r['meta_update_one_group_s'], '.2f'):>8}"
             f" {_fmt(r['meta_update_per_task_s'], '.2f'):>9} {_fmt(r['iteration_s'], '.2f'):>7}"
+            f" {_fmt(r['eval_s'], '.1f'):>7} {_fmt(r['update_peak_mb'], ',.0f'):>7} {_fmt(r['peak_rss_mb'], ',.0f'):>7}"
         )
     lines.append("")
     lines += [f"{r['env']}: {r['config']} ({r['source']}), {r['threads']} threads" for r in rows]
@@ -231,8 +364,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--envs", nargs="+", default=list(BENCH_ENVS), choices=list(BENCH_ENVS), metavar="ENV",
-                   help=f"envs to measure (default: all of {', '.join(BENCH_ENVS)})")
+    p.add_argument("--envs", nargs="+", choices=list(BENCH_ENVS), metavar="ENV",
+                   help=f"reference configs to measure (default without --config: all of {', '.join(BENCH_ENVS)})")
+    p.add_argument("--config", nargs="+", default=[], metavar="FILE",
+                   help="experiment configs to measure as they train, e.g. experiments/navigation2d_authors.yaml")
+    p.add_argument("--eval", action="store_true", help="also time the config's end-of-run evaluation (eval_s)")
     p.add_argument("--tasks", type=int, help="tasks per meta-batch (default: each env's reference config)")
     p.add_argument("--episodes", type=int, help="episodes per task (default: the reference config)")
     p.add_argument("--horizon", type=int, help="steps per episode (default: the reference config)")
@@ -250,14 +386,17 @@ def run(args: argparse.Namespace) -> int:
             raise cfg.ConfigError(f"{name} must be positive, got {value}")
     if args.repeats <= 0:
         raise cfg.ConfigError(f"--repeats must be positive, got {args.repeats}")
+    for path in args.config:
+        cfg.load(path)  # a bad file fails here, with the field named, not in the measuring process
+    names = list(args.envs or ([] if args.config else BENCH_ENVS)) + list(args.config)
     rows = []
-    for name in args.envs:
+    for name in names:
         row = bench_env(name, args)
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
         else:
-            print(f"measured {name}", file=sys.stderr, flush=True)
+            print(f"measured {row['env']}", file=sys.stderr, flush=True)
     if not args.json:
         print(format_table(rows))
     return 0

@@ -1,6 +1,7 @@
 """`metarl bench` on a tiny batch: every figure present, positive, and consistent with its ratios."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,8 +9,9 @@ from metarl.cli import main
 
 KEYS = (
     "env", "limit_steps_per_s", "sampler_steps_per_s", "sync_vector_steps_per_s", "async_vector_steps_per_s",
-    "meta_update_s", "meta_update_one_group_s", "meta_update_per_task_s", "iteration_s",
+    "meta_update_s", "meta_update_one_group_s", "meta_update_per_task_s", "iteration_s", "peak_rss_mb",
 )
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def test_bench_json_reports_every_figure(capsys):
@@ -37,3 +39,20 @@ def test_bench_table_and_bad_options(capsys):
     assert "--horizon must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--envs", "Pong"])
+
+
+def test_bench_measures_any_config_file_as_it_trains(capsys):
+    """--config: the file's own batch, outer update and budget; --eval times its evaluation."""
+    configs = [str(EXPERIMENTS / "navigation2d_authors.yaml"), str(EXPERIMENTS / "halfcheetah_vel_promp.yaml")]
+    args = ["bench", "--config", *configs, "--tasks", "2", "--episodes", "2", "--horizon", "5", "--repeats", "1",
+            "--async-envs", "0", "--eval", "--json"]
+    assert main(args) == 0
+    authors, promp = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert authors["env"] == "navigation2d_authors"
+    assert authors["config"] == "2 tasks x 2 episodes x 5 steps (step budget)"
+    assert authors["meta_update_one_group_s"] > 0 and authors["eval_s"] > 0
+    assert promp["env_id"] == "metarl/HalfCheetahVel-v0" and promp["meta_update_s"] > 0
+    assert promp["meta_update_one_group_s"] is None  # a TRPO-only figure
+    for row in (authors, promp):
+        assert row["peak_rss_mb"] > 50 and row["update_peak_mb"] is not None
+    assert main(["bench", "--config", str(EXPERIMENTS / "missing.yaml")]) == 2
