@@ -56,7 +56,7 @@ from metarl.envs.mujoco_batch import MujocoBatchSim
 from metarl.evaluate import evaluate_protocol
 from metarl.maml import trpo_meta_step
 from metarl.run.factory import build, eval_tasks, make_sampler
-from metarl.run.iteration import collect_meta_batch, meta_iteration
+from metarl.run.iteration import collect_meta_batch, meta_iteration, update_batch
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,11 @@ def bench_config(spec: BenchEnv, tasks: int | None, episodes: int | None, horizo
     ])
 
 
-def file_config(path: str, tasks: int | None, episodes: int | None, horizon: int | None) -> cfg.Config:
-    """A shipped (or any) experiment config as training runs it, on the CPU, with the batch options."""
-    overrides = ["run.device=cpu"]
+def file_config(path: str, tasks: int | None, episodes: int | None, horizon: int | None,
+                sets: list[str] | None = None) -> cfg.Config:
+    """A shipped (or any) experiment config as training runs it, on the CPU, with the batch options
+    and ``sets`` (``key=value`` overrides)."""
+    overrides = ["run.device=cpu", *(sets or [])]
     for key, value in (("maml.meta_batch_size", tasks), ("sampler.episodes_per_task", episodes),
                        ("sampler.horizon", horizon)):
         if value is not None:
@@ -208,13 +210,25 @@ def sampler_rate(
     return steps / seconds
 
 
-def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float | None]:
+def load_policy(parts: Any, checkpoint: str | None) -> None:
+    """Start from a trained policy (``--checkpoint``): its episodes end where a trained policy's do,
+    which is what the meta-update's cost depends on (an untrained policy rarely ends one early)."""
+    if checkpoint:
+        from metarl.checkpoint import load_checkpoint
+        from metarl.run.state import load_meta_parameters
+
+        load_meta_parameters(parts, load_checkpoint(checkpoint), checkpoint)
+
+
+def meta_update_times(config: cfg.Config, repeats: int, checkpoint: str | None = None) -> dict[str, float | None]:
     """Seconds of the meta-update as trained (for TRPO also in one group and task by task), the
     memory it takes, and the seconds of a whole iteration."""
     parts = build(config)
+    load_policy(parts, checkpoint)
     maml = config.maml
     tasks = parts.task_env.unwrapped.sample_tasks(maml.meta_batch_size)
     batch, _ = collect_meta_batch(config, parts, tasks)
+    batch = update_batch(config, batch)
     start = copy.deepcopy((parts.policy.state_dict(), parts.step_sizes and parts.step_sizes.state_dict(),
                            parts.outer.state_dict()))
 
@@ -250,9 +264,10 @@ def meta_update_times(config: cfg.Config, repeats: int) -> dict[str, float | Non
     return times
 
 
-def evaluation_time(config: cfg.Config) -> float:
-    """Seconds of the end-of-run evaluation (``config.eval``) of a freshly built policy."""
+def evaluation_time(config: cfg.Config, checkpoint: str | None = None) -> float:
+    """Seconds of the end-of-run evaluation (``config.eval``) of the checkpoint's policy (or a fresh one)."""
     parts = build(config)
+    load_policy(parts, checkpoint)
     tasks = eval_tasks(config)
     sampler = make_sampler(config, parts.device, "eval_sampler")
     start = time.perf_counter()
@@ -270,7 +285,7 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
         config = bench_config(spec, args.tasks, args.episodes, args.horizon)
         label, source = name, spec.source
     else:
-        config = file_config(name, args.tasks, args.episodes, args.horizon)
+        config = file_config(name, args.tasks, args.episodes, args.horizon, args.set)
         label, source = Path(name).stem, name
     torch.set_num_threads(args.threads)
     horizon = config.sampler.horizon or gym_horizon(config)
@@ -281,10 +296,12 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
                    f" x {horizon} steps" + (" (step budget)" if config.sampler.budget == "steps" else "")),
         "source": source,
         "threads": args.threads,
+        "packed": config.maml.pack_episodes,
+        "checkpoint": args.checkpoint,
     }
     row["limit_steps_per_s"] = rollout_limit(config, args.repeats)
     row["sampler_steps_per_s"] = sampler_rate(config, "auto", args.repeats)
-    row["sync_vector_steps_per_s"] = sampler_rate(config, "sync", max(1, args.repeats - 1))
+    row["sync_vector_steps_per_s"] = None if args.no_sync else sampler_rate(config, "sync", max(1, args.repeats - 1))
     async_tasks = max(1, args.async_envs // 4)
     row["async_vector_steps_per_s"] = (
         sampler_rate(config, "async", 1, tasks=async_tasks, episodes=max(1, args.async_envs // async_tasks))
@@ -292,13 +309,14 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     limit = row["limit_steps_per_s"]
     row["sampler_vs_limit"] = row["sampler_steps_per_s"] / limit if limit else None
-    row["sampler_vs_sync"] = row["sampler_steps_per_s"] / row["sync_vector_steps_per_s"]
+    sync = row["sync_vector_steps_per_s"]
+    row["sampler_vs_sync"] = row["sampler_steps_per_s"] / sync if sync else None
     if not args.no_update:
-        row.update(meta_update_times(config, args.repeats))
+        row.update(meta_update_times(config, args.repeats, args.checkpoint))
     else:
         row.update(meta_update_s=None, meta_update_one_group_s=None, meta_update_per_task_s=None, iteration_s=None,
                    update_peak_mb=None)
-    row["eval_s"] = evaluation_time(config) if args.eval else None
+    row["eval_s"] = evaluation_time(config, args.checkpoint) if args.eval else None
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return row
 
@@ -359,7 +377,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f" {_fmt(r['eval_s'], '.1f'):>7} {_fmt(r['update_peak_mb'], ',.0f'):>7} {_fmt(r['peak_rss_mb'], ',.0f'):>7}"
         )
     lines.append("")
-    lines += [f"{r['env']}: {r['config']} ({r['source']}), {r['threads']} threads" for r in rows]
+    lines += [f"{r['env']}: {r['config']} ({r['source']}), {r['threads']} threads, meta-update on "
+              f"{'packed' if r['packed'] else 'padded'} episodes"
+              + (f", policy of {r['checkpoint']}" if r["checkpoint"] else "") for r in rows]
     return "\n".join(lines)
 
 
@@ -369,6 +389,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", nargs="+", default=[], metavar="FILE",
                    help="experiment configs to measure as they train, e.g. experiments/navigation2d_authors.yaml")
     p.add_argument("--eval", action="store_true", help="also time the config's end-of-run evaluation (eval_s)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of the --config files, e.g. maml.pack_episodes=false")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="the meta-update and iteration start from this checkpoint's policy (a trained one)")
     p.add_argument("--tasks", type=int, help="tasks per meta-batch (default: each env's reference config)")
     p.add_argument("--episodes", type=int, help="episodes per task (default: the reference config)")
     p.add_argument("--horizon", type=int, help="steps per episode (default: the reference config)")
@@ -377,6 +401,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sub-envs (= processes) for the AsyncVectorEnv rate; 0 skips it (default 8)")
     p.add_argument("--threads", type=int, default=cpu_cores(), help="torch threads (default: all cores)")
     p.add_argument("--no-update", action="store_true", help="skip the meta-update and iteration timings")
+    p.add_argument("--no-sync", action="store_true", help="skip gymnasium's SyncVectorEnv rate (slow on large batches)")
     p.add_argument("--json", action="store_true", help="one JSON object per env and line instead of the table")
 
 
@@ -387,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats <= 0:
         raise cfg.ConfigError(f"--repeats must be positive, got {args.repeats}")
     for path in args.config:
-        cfg.load(path)  # a bad file fails here, with the field named, not in the measuring process
+        cfg.load(path, args.set)  # a bad file fails here, with the field named, not in the measuring process
     names = list(args.envs or ([] if args.config else BENCH_ENVS)) + list(args.config)
     rows = []
     for name in names:

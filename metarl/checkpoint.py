@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -32,8 +33,9 @@ class CheckpointError(ConfigError):
 def atomic_write_bytes(path: str | Path, write: Any, keep_previous: str | Path | None = None) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, then rename it over ``path``.
 
-    A crash before the rename leaves the previous file intact. ``keep_previous``: move the file
-    being replaced there first (a crash between the two renames leaves it there, and no ``path``).
+    A crash before the rename leaves the previous file intact. ``keep_previous``: the file being
+    replaced is kept there too; ``path`` exists at every moment (old or new), so a kill at any
+    point leaves a readable ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,8 +46,25 @@ def atomic_write_bytes(path: str | Path, write: Any, keep_previous: str | Path |
             f.flush()
             os.fsync(f.fileno())
         if keep_previous is not None and path.is_file():
-            os.replace(path, keep_previous)
+            _keep(path, Path(keep_previous))
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _keep(path: Path, copy: Path) -> None:
+    """Make ``copy`` a second name of ``path``'s current content, atomically (a hard link renamed
+    over ``copy``; a byte copy where the filesystem has no hard links)."""
+    fd, tmp = tempfile.mkstemp(dir=copy.parent, prefix=f".{copy.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, copy)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

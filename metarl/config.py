@@ -106,6 +106,9 @@ class MAMLConfig:
     """Initial ridge coefficient of the per-task linear feature baseline fit."""
     normalize_advantages: bool = True
     """Standardise advantages per task."""
+    pack_episodes: bool = True
+    """Run the meta-update on each task's valid steps only (packed); false: on the padded
+    [task, episode, horizon] batch. The same update to float rounding: only time and memory differ."""
 
 
 @dataclass

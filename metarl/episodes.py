@@ -39,6 +39,9 @@ class Episodes:
         terminated, truncated: ``[T, E]`` bool, how each episode ended (both False for an empty
             slot); None for batches built without them (treated as terminated).
         final_observations: ``[T, E, obs_dim]`` the observation a truncated episode was cut off in.
+        episode_starts: None for the padded layout (every row ``[t, e]`` is one episode). In a packed
+            batch (:meth:`pack`) ``[T, 1, S]``: for each step, the index along the last axis of
+            its episode's first step.
     """
 
     observations: Tensor
@@ -51,6 +54,7 @@ class Episodes:
     terminated: Tensor | None = field(default=None)
     truncated: Tensor | None = field(default=None)
     final_observations: Tensor | None = field(default=None)
+    episode_starts: Tensor | None = field(default=None)
 
     def __post_init__(self) -> None:
         num_tasks, num_episodes, horizon = self.rewards.shape
@@ -98,8 +102,59 @@ class Episodes:
     def to(self, device: torch.device | str) -> Episodes:
         return self._map(lambda x: x.to(device))
 
+    @property
+    def packed(self) -> bool:
+        return self.episode_starts is not None
+
+    def _check_padded(self, what: str) -> None:
+        if self.packed:
+            raise ValueError(f"{what} needs the episodes: take it from the padded batch, before pack()")
+
+    def pack(self) -> Episodes:
+        """The same steps with the padding left out: ``[T, 1, S]``, ``S`` the most valid steps of any task.
+
+        Why this layout: everything after the advantages (the inner losses, the adaptation, the KL,
+        the meta-objective and TRPO's curvature products) is a masked mean of per-step terms per
+        task, so it only needs each task's valid steps, in any order, and a mask; one row per task
+        keeps the per-task parameters' batched forward (``[T, S, obs_dim]`` against ``[T, ...]``
+        weights) exactly as on the padded layout, with ``S`` valid steps instead of ``E x H``
+        slots. A flat ragged layout would need a gather of the parameters per step. The only
+        term that needs the episodes, DiCE's cumulative log-probability, finds them through
+        :attr:`episode_starts`. Returns, GAE and the baseline fit recurse over time and stay on
+        the padded layout (loops over ``H``, cheap next to the policy's matmuls): compute the
+        advantages first, then pack once.
+
+        Steps keep their order (episode by episode); slots past a task's ``S_t`` valid steps are
+        zero with a zero mask. Per-episode fields (how an episode ended) are dropped.
+        """
+        self._check_padded("pack()")
+        num_tasks = self.num_tasks
+        flat_mask = self.mask.reshape(num_tasks, -1)
+        counts = flat_mask.sum(1).long()
+        width = max(1, int(counts.max().item()))
+        # Valid steps first, in their order: a stable sort of "not valid".
+        order = torch.argsort((flat_mask == 0).to(torch.int8), dim=1, stable=True)[:, :width]
+        mask = (torch.arange(width, device=self.mask.device) < counts[:, None]).to(self.mask.dtype)
+
+        def gather(x: Tensor | None) -> Tensor | None:
+            if x is None:
+                return None
+            flat = x.reshape(num_tasks, flat_mask.shape[1], *x.shape[3:])
+            index = order.reshape(num_tasks, width, *([1] * (x.dim() - 3))).expand(num_tasks, width, *x.shape[3:])
+            picked = flat.gather(1, index)
+            return (picked * mask.reshape(num_tasks, width, *([1] * (x.dim() - 3)))).unsqueeze(1)
+
+        lengths = self.mask.sum(-1).long()  # [T, E]
+        offsets = torch.cumsum(lengths, dim=1) - lengths  # each episode's first packed index
+        episode = torch.div(order, self.rewards.shape[-1], rounding_mode="floor")
+        starts = torch.where(mask.bool(), offsets.gather(1, episode), torch.arange(width, device=mask.device))
+        return Episodes(gather(self.observations), gather(self.actions), gather(self.rewards), mask.unsqueeze(1),
+                        list(self.tasks), advantages=gather(self.advantages), dice_weights=gather(self.dice_weights),
+                        episode_starts=starts.unsqueeze(1))
+
     def episode_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[T, E]`` (zero for an episode with no valid step)."""
+        self._check_padded("episode_returns()")
         return (self.rewards * self.mask).sum(-1)
 
     @property
@@ -131,6 +186,7 @@ class Episodes:
         on the bootstrapped returns). Off: every episode ends where it stops, as in the MAML papers.
         The recorded rewards (and so the reported returns) never change.
         """
+        self._check_padded("compute_advantages()")
         rewards = self.rewards
         if bootstrap_truncated and self.truncated is not None and bool(self.truncated.any()):
             returns = discounted_returns(rewards, self.mask, gamma)

@@ -49,6 +49,7 @@ def evaluate(
     inner_loss: str = "vpg",
     learned_step_sizes: Params | None = None,
     bootstrap_truncated: bool = False,
+    pack_episodes: bool = True,
 ) -> dict[str, Any]:
     """Adapt ``policy`` to each task for ``num_steps`` inner steps and record returns after each.
 
@@ -76,7 +77,8 @@ def evaluate(
         step_size = learned_step_sizes if learned_step_sizes is not None else step_sizes[min(k, len(step_sizes) - 1)]
         used_step_sizes.append("learned" if learned_step_sizes is not None else step_size)
         episodes.compute_advantages(gamma, gae_lambda, baseline_ridge, normalize_advantages, bootstrap_truncated)
-        params = detach_params(adapt(policy, params, episodes, step_size, first_order=True, inner_loss=inner_loss))
+        adapt_on = episodes.pack() if pack_episodes else episodes  # the same step on the valid steps only
+        params = detach_params(adapt(policy, params, adapt_on, step_size, first_order=True, inner_loss=inner_loss))
     means = [float(r.mean()) for r in per_task]
     stderrs = [float(r.std(unbiased=True)) / math.sqrt(num_tasks) if num_tasks > 1 else 0.0 for r in per_task]
     return {
@@ -108,7 +110,7 @@ def evaluate_protocol(
     return evaluate(
         policy, sampler, tasks, ev.num_steps if num_steps is None else num_steps, tuple(ev.step_sizes),
         ev.episodes_per_task, maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
-        on_step, maml.inner_loss, learned, config.sampler.bootstrap_truncated,
+        on_step, maml.inner_loss, learned, config.sampler.bootstrap_truncated, maml.pack_episodes,
     )
 
 

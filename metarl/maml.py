@@ -99,7 +99,11 @@ def dice_loss(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> 
     if episodes.dice_weights is None:
         raise ValueError("episodes have no DiCE weights; call episodes.compute_advantages(...) first")
     log_prob = log_probs(policy, params, episodes) * episodes.mask
-    return -masked_mean(magic_box(torch.cumsum(log_prob, dim=-1)) * episodes.dice_weights, episodes.mask)
+    cumulative = torch.cumsum(log_prob, dim=-1)
+    if episodes.episode_starts is not None:  # packed: episodes follow each other in a row; sum within each
+        starts = episodes.episode_starts
+        cumulative = cumulative - cumulative.gather(-1, starts) + log_prob.gather(-1, starts)
+    return -masked_mean(magic_box(cumulative) * episodes.dice_weights, episodes.mask)
 
 
 #: Inner-loop losses (``maml.inner_loss``).
@@ -209,6 +213,10 @@ class MetaBatch:
     def task_slice(self, start: int, stop: int) -> MetaBatch:
         """The same batch restricted to tasks ``start:stop``."""
         return MetaBatch([e.task_slice(start, stop) for e in self.train], self.valid.task_slice(start, stop))
+
+    def pack(self) -> MetaBatch:
+        """Every batch packed (:meth:`Episodes.pack`): the meta-update then pays for valid steps only."""
+        return MetaBatch([e.pack() for e in self.train], self.valid.pack())
 
 
 @dataclass

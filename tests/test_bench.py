@@ -56,3 +56,18 @@ def test_bench_measures_any_config_file_as_it_trains(capsys):
     for row in (authors, promp):
         assert row["peak_rss_mb"] > 50 and row["update_peak_mb"] is not None
     assert main(["bench", "--config", str(EXPERIMENTS / "missing.yaml")]) == 2
+
+
+def test_bench_sets_config_fields_and_starts_from_a_checkpoint(tmp_path, capsys):
+    authors = str(EXPERIMENTS / "navigation2d_authors.yaml")
+    tiny = ["maml.meta_batch_size=2", "sampler.episodes_per_task=2", "sampler.horizon=5", "eval.at_end=false"]
+    args = ["train", authors, *tiny, "run.iterations=1", f"run.output_dir={tmp_path}", "run.name=r", "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    args = ["bench", "--config", authors, "--tasks", "2", "--episodes", "2", "--horizon", "5", "--repeats", "1",
+            "--async-envs", "0", "--set", "maml.pack_episodes=false", "--checkpoint",
+            str(tmp_path / "r" / "checkpoints" / "last.pt"), "--json"]
+    assert main(args) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["packed"] is False and row["checkpoint"].endswith("last.pt") and row["meta_update_s"] > 0
+    assert main(["bench", "--config", authors, "--set", "maml.pack_episodes=maybe"]) == 2

@@ -369,3 +369,25 @@ def test_plain_adam_keeps_no_inner_kl_weight_even_from_an_old_checkpoint(tiny_ru
     restore_state(parts, old_style)
     assert parts.outer.inner_kl_coef == 0.0 and "inner_kl_coef" not in parts.outer.state_dict()
     parts.close()
+
+
+def test_a_kill_between_the_renames_of_a_rotation_leaves_last_readable(tmp_path, monkeypatch):
+    """Rotation never moves last.pt away: at every moment it holds the old or the new checkpoint."""
+    run = RunDir(tmp_path)
+    state = {"iteration": 1, "policy": {}, "config": {}}
+    run.save_checkpoint(state)
+    real_replace, calls = os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append(Path(dst).name)
+        if Path(dst).name == "last.pt":
+            raise KeyboardInterrupt  # killed after previous.pt was made, before the new last.pt lands
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run.save_checkpoint({**state, "iteration": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert calls == ["previous.pt", "last.pt"]
+    assert run.load_checkpoint()["iteration"] == 1
+    assert run.load_checkpoint(run.checkpoint(PREVIOUS_CHECKPOINT))["iteration"] == 1

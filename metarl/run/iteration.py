@@ -33,7 +33,8 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         train_episodes.append(episodes)
         adapt_start = time.perf_counter()
         # Only the values are needed to sample after adaptation; the meta-update rebuilds the graph.
-        params = detach_params(adapt(policy, params, episodes, step_size, first_order=True, inner_loss=maml.inner_loss))
+        adapt_on = episodes.pack() if maml.pack_episodes else episodes
+        params = detach_params(adapt(policy, params, adapt_on, step_size, first_order=True, inner_loss=maml.inner_loss))
         adapt_time += time.perf_counter() - adapt_start
     valid_start = time.perf_counter()
     valid = sampler.sample(policy, params, tasks, config.sampler.episodes_per_task, config.sampler.budget)
@@ -44,13 +45,18 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
     return MetaBatch(train_episodes, valid), times
 
 
+def update_batch(config: cfg.Config, batch: MetaBatch) -> MetaBatch:
+    """What the outer update runs on: the batch packed (``maml.pack_episodes``), or as sampled."""
+    return batch.pack() if config.maml.pack_episodes else batch
+
+
 def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
     """Sample a meta-batch of training tasks, adapt, sample after adaptation, and take one outer update.
     Returns the iteration's metrics (one line of ``metrics.jsonl`` without its counters)."""
     tasks = parts.task_env.unwrapped.sample_tasks(config.maml.meta_batch_size)
     batch, times = collect_meta_batch(config, parts, tasks)
     update_start = time.perf_counter()
-    outer = parts.outer.step(parts.policy, batch, parts.inner_step_size(config))
+    outer = parts.outer.step(parts.policy, update_batch(config, batch), parts.inner_step_size(config))
     update_time = time.perf_counter() - update_start
     if parts.step_sizes is not None:
         alphas = torch.cat([a.detach().flatten() for a in parts.step_sizes.parameters()])
