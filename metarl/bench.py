@@ -45,18 +45,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 import torch
 from mujoco import rollout
 
 import metarl.config as cfg
+from metarl.checkpoint import load_checkpoint
 from metarl.envs.batched import cpu_cores
 from metarl.envs.mujoco_batch import MujocoBatchSim
 from metarl.evaluate import evaluate_protocol
 from metarl.maml import trpo_meta_step
 from metarl.run.factory import build, eval_tasks, make_sampler
-from metarl.run.iteration import collect_meta_batch, meta_iteration, update_batch
+from metarl.run.iteration import collect_meta_batch, meta_iteration
+from metarl.run.state import load_meta_parameters
+from metarl.sampler import resolve_env_id
 
 
 @dataclass(frozen=True)
@@ -214,9 +218,6 @@ def load_policy(parts: Any, checkpoint: str | None) -> None:
     """Start from a trained policy (``--checkpoint``): its episodes end where a trained policy's do,
     which is what the meta-update's cost depends on (an untrained policy rarely ends one early)."""
     if checkpoint:
-        from metarl.checkpoint import load_checkpoint
-        from metarl.run.state import load_meta_parameters
-
         load_meta_parameters(parts, load_checkpoint(checkpoint), checkpoint)
 
 
@@ -227,8 +228,7 @@ def meta_update_times(config: cfg.Config, repeats: int, checkpoint: str | None =
     load_policy(parts, checkpoint)
     maml = config.maml
     tasks = parts.task_env.unwrapped.sample_tasks(maml.meta_batch_size)
-    batch, _ = collect_meta_batch(config, parts, tasks)
-    batch = update_batch(config, batch)
+    batch, _ = collect_meta_batch(config, parts, tasks)  # as the update sees it (packed or not)
     start = copy.deepcopy((parts.policy.state_dict(), parts.step_sizes and parts.step_sizes.state_dict(),
                            parts.outer.state_dict()))
 
@@ -322,10 +322,6 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def gym_horizon(config: cfg.Config) -> int | None:
-    import gymnasium as gym
-
-    from metarl.sampler import resolve_env_id
-
     return gym.spec(resolve_env_id(config.env.id)).max_episode_steps
 
 

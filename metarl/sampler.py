@@ -132,8 +132,6 @@ class Stepper(ABC):
     env's own units.
     """
 
-    #: Which backend this is, for the sampler's note and ``metarl bench``.
-    name: str
     #: The backend steps on a CPU thread pool of its own (the policy then runs on one torch thread).
     uses_cpu_threads: bool = False
 
@@ -154,8 +152,6 @@ class Stepper(ABC):
 class BatchedStepper(Stepper):
     """The env's own batched simulator (``TaskEnv.make_batched``): one call steps all N copies.
     It has no time limit of its own, so ``truncated`` is always False (the sampler's horizon ends episodes)."""
-
-    name = "batched"
 
     def __init__(self, sim: BatchedTaskSim, device: torch.device):
         self.sim, self.device = sim, device
@@ -198,7 +194,7 @@ class VectorStepper(Stepper):
         vector_kwargs = None if uses_entry_point else {"autoreset_mode": AutoresetMode.NEXT_STEP}
         if mode == "async":
             vector_kwargs["worker"] = _worker_ignoring_sigint
-        self.name, self.device, self.action_dtype = mode, device, action_dtype
+        self.device, self.action_dtype = device, action_dtype
         self.env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=None if uses_entry_point else mode,
                                 vector_kwargs=vector_kwargs, max_episode_steps=horizon, **env_kwargs)
         if self.env.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
@@ -397,7 +393,6 @@ class Sampler(BaseSampler):
             raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
         self._steppers: dict[int, Stepper] = {}
         super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
-        self.vectorization = vectorization
         env_id, probe = self.env_id, self._probe
         spec = gym.spec(env_id)
         # Why the env's batched simulator is not used (empty when it is, or when not asked for).
@@ -546,7 +541,10 @@ class Sampler(BaseSampler):
 
     def _check_finite(self, obs: Tensor, reward: Tensor | None, alive: Tensor, env_tasks: list[Any], step: int) -> None:
         """Raise :class:`NonFiniteEnvError` when a running sub-env returned NaN or inf."""
-        if bool(torch.isfinite(obs).all()) and (reward is None or bool(torch.isfinite(reward).all())):
+        finite = torch.isfinite(obs).all()
+        if reward is not None:
+            finite &= torch.isfinite(reward).all()
+        if bool(finite):  # one host sync per step, the usual case
             return
         bad_obs = ~torch.isfinite(obs).all(-1) & alive
         bad_reward = (~torch.isfinite(reward) & alive) if reward is not None else torch.zeros_like(alive)

@@ -56,15 +56,15 @@ def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train
     """The sampler of ``config.sampler`` (local, or on Ray workers: same episodes either way), on the
     random stream of ``purpose``: "train_sampler" (``run.seed``) or "eval_sampler" (``eval.seed``)."""
     seed = config.eval.seed if purpose == "eval_sampler" else config.run.seed
-    args = (config.env.id, config.env.kwargs, config.sampler.horizon)
-    rest = (device, seed_stream(seed, purpose), config.sampler.rescale_actions)
+    args = (config.env.id, config.env.kwargs, config.sampler.horizon, config.sampler.vectorization, device,
+            seed_stream(seed, purpose), config.sampler.rescale_actions)
     if config.sampler.backend == "local":
-        return Sampler(*args, config.sampler.vectorization, *rest)
+        return Sampler(*args)
     from metarl.ray_sampler import RaySampler  # Ray is optional
 
     ray = config.ray
     try:
-        return RaySampler(*args, config.sampler.vectorization, *rest, num_workers=ray.workers,
+        return RaySampler(*args, num_workers=ray.workers,
                           cpus_per_worker=ray.cpus_per_worker, address=ray.address, max_retries=ray.max_retries,
                           timeout_s=ray.timeout_s)
     except (ImportError, ValueError) as exc:

@@ -33,25 +33,16 @@ class MetricsLog(Hook):
         self.file: IO[str] | None = None
 
     def on_start(self, state: RunState) -> None:
-        self.file = open(state.run.metrics_path, "a")  # noqa: SIM115 (closed at the end or on error)
+        self.file = open(state.run.metrics_path, "a")  # noqa: SIM115 (closed by close())
 
     def on_iteration(self, state: RunState, metrics: dict[str, Any]) -> None:
         self.file.write(json.dumps(metrics) + "\n")
         self.file.flush()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
-
-    def on_stop(self, state: RunState, signum: int) -> None:
-        self._close()
-
-    def on_end(self, state: RunState) -> None:
-        self._close()
-
-    def on_error(self, state: RunState, exc: BaseException) -> None:
-        self._close()
 
 
 class Progress(Hook):
@@ -70,21 +61,15 @@ class Progress(Hook):
                              refresh=False)
         self.bar.update(1)
 
-    def _close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def on_stop(self, state: RunState, signum: int) -> None:
-        self._close()
-
     def on_end(self, state: RunState) -> None:
-        self._close()
+        self.close()  # before the end-of-run messages and the evaluation table
         if state.done > state.start:
             state.say(f"trained {state.config.run.iterations} meta-iterations in {state.wall_time:.0f} s")
 
-    def on_error(self, state: RunState, exc: BaseException) -> None:
-        self._close()
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _checkpoint(state: RunState, tracker: Tracker, finished: bool = False) -> dict[str, Any]:

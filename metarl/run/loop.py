@@ -84,6 +84,9 @@ class Hook:
     def on_error(self, state: RunState, exc: BaseException) -> None:
         """When anything raised (the run directory keeps its last checkpoint)."""
 
+    def close(self) -> None:
+        """Last, however the loop ended (finished, stopped or raised): release files and displays."""
+
 
 def run_loop(state: RunState, hooks: Sequence[Hook]) -> None:
     """Meta-iterations ``state.start .. run.iterations``, then the end of the run, calling ``hooks``."""
@@ -135,3 +138,5 @@ def run_loop(state: RunState, hooks: Sequence[Hook]) -> None:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        for hook in hooks:
+            hook.close()
