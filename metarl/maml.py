@@ -20,6 +20,7 @@ easier to read in the logs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -401,6 +402,7 @@ def trpo_meta_step(
     backtrack_ratio: float = 0.8,
     tasks_per_group: int | None = None,
     inner_loss: str = "vpg",
+    cg_subsample: float = 1.0,
 ) -> TRPOStats:
     """One TRPO meta-update of ``policy``'s parameters in place (see the module docstring).
 
@@ -411,13 +413,23 @@ def trpo_meta_step(
     bench`` compares it with one group of all tasks and with task by task (as the reference
     implementations compute it). Meta-SGD step sizes (a dict of the :class:`MetaSGDStepSizes`'
     parameters) are updated in place with ``theta``, under the same KL bound.
+
+    ``cg_subsample < 1`` estimates the KL Hessian on the first ``ceil(cg_subsample * T)`` tasks
+    only (the tasks are drawn independently, so any fixed subset is a uniform one), as rllab's
+    conjugate-gradient optimiser could: the curvature products, most of the update's time, get that
+    much cheaper, while the gradient and the line search (loss decrease, KL bound) use every task.
     """
     check_inner_loss(inner_loss)
     num_tasks = batch.num_tasks
     size = tasks_per_group or default_tasks_per_group(batch)
     if size < 1:
         raise ValueError(f"tasks_per_group must be >= 1, got {size}")
-    bounds = [(t, min(t + size, num_tasks)) for t in range(0, num_tasks, size)]
+    if not 0.0 < cg_subsample <= 1.0:
+        raise ValueError(f"cg_subsample must be in (0, 1], got {cg_subsample}")
+    curvature_tasks = max(1, math.ceil(cg_subsample * num_tasks - 1e-9))
+    # Groups never straddle the curvature subset's end, so its products are those of whole groups.
+    bounds = [(t, min(t + size, curvature_tasks)) for t in range(0, curvature_tasks, size)]
+    bounds += [(t, min(t + size, num_tasks)) for t in range(curvature_tasks, num_tasks, size)]
     groups = [batch.task_slice(start, stop) for start, stop in bounds] if len(bounds) > 1 else [batch]
     theta = policy.parameters_dict()
     tensors = meta_parameters(theta, inner_step_size)
@@ -430,9 +442,13 @@ def trpo_meta_step(
         chunks = torch.split(vector, [p.numel() for p in tensors])
         return [chunk.view_as(p) for chunk, p in zip(chunks, tensors, strict=True)]
 
+    curvature_problems = [problem for problem, (start, _) in zip(problems, bounds, strict=True)
+                          if start < curvature_tasks]
+
     def fisher_product(vector: Tensor) -> Tensor:
         vectors = unflatten(vector)
-        return total([problem.product(vectors) for problem in problems]) + cg_damping * vector
+        products = [problem.product(vectors) for problem in curvature_problems]
+        return total(products) * (num_tasks / curvature_tasks) + cg_damping * vector
 
     loss_before = float(sum(problem.loss for problem in problems)) / num_tasks
     grad = total([problem.gradient for problem in problems])

@@ -66,6 +66,7 @@ class TRPOUpdate(OuterUpdate):
             policy, batch, inner_step_size, first_order=self.first_order, max_kl=trpo.max_kl, cg_iters=trpo.cg_iters,
             cg_damping=trpo.cg_damping, line_search_steps=trpo.line_search_steps,
             backtrack_ratio=trpo.backtrack_ratio, tasks_per_group=trpo.tasks_per_group or None,
+            cg_subsample=trpo.cg_subsample,
             inner_loss=self.inner_loss,
         )
         return {"loss_before": stats.loss_before, "loss_after": stats.loss_after, "kl": stats.kl_after,

@@ -6,7 +6,9 @@ episodes the driver draws the round's randomness exactly as the local sampler do
 and the action noise, from the same generators), splits the tasks into contiguous shards, one per
 worker, and each worker rolls out its shard with its slice of the noise and the resets of its
 envs' positions in the whole round (``env_offset``). The episodes are therefore those of the local
-sampler, bit for bit, whatever the number of workers (tested).
+sampler, bit for bit, whatever the number of workers (tested). A worker ships only the valid steps of its
+episodes (:class:`~metarl.episodes.ValidSteps`) and the driver rebuilds the padded batch, on which
+the advantages and returns are computed before the batch is packed for the update.
 
 The policy parameters go to the object store once per :meth:`RaySampler.sample` call (shared
 before adaptation, one set per task after it); a worker reads its tasks' rows. The inner
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.episodes import Episodes, concat_episodes
+from metarl.episodes import Episodes, ValidSteps, concat_episodes
 from metarl.policy import GaussianMLPPolicy, Params
 from metarl.sampler import BaseSampler, Sampler
 
@@ -66,14 +68,15 @@ class RolloutWorker:
     def rollout(
         self, params: Params, rows: tuple[int, int] | None, tasks: list[Any], episodes_per_task: int,
         reset_seed: int, noise: Tensor, env_offset: int,
-    ) -> tuple[Episodes, float]:
+    ) -> tuple[ValidSteps, float]:
         """Roll out ``tasks``; ``rows`` selects their per-task parameters (None: shared ones).
-        Returns the episodes and the seconds the rollout took in this worker."""
+        Returns the episodes' valid steps (less to ship than the padded batch) and the seconds the
+        rollout took in this worker."""
         start = time.perf_counter()
         if rows is not None:
             params = {name: p[rows[0] : rows[1]] for name, p in params.items()}
         episodes = self.sampler.rollout(self.policy, params, tasks, episodes_per_task, reset_seed, noise, env_offset)
-        return episodes, time.perf_counter() - start
+        return ValidSteps.of(episodes), time.perf_counter() - start
 
 
 class _WorkerPool:
@@ -247,7 +250,7 @@ class RaySampler(BaseSampler):
                                                    noise[:, a:b].contiguous(), a * episodes_per_task)
 
         pending = {submit(k): k for k in range(len(shards))}
-        results: dict[int, Episodes] = {}
+        results: dict[int, ValidSteps] = {}
         retries = 0
         deadline = time.monotonic() + self.timeout_s
         rollout_s = 0.0
@@ -281,7 +284,7 @@ class RaySampler(BaseSampler):
                     f"{self.env_id}: sampling tasks {_describe(tasks[a:b])} failed on a Ray worker: "
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
-        episodes = concat_episodes([results[k] for k in range(len(shards))]).to(self.device)
+        episodes = concat_episodes([results[k].episodes() for k in range(len(shards))]).to(self.device)
         self.last_round_overhead_s = time.perf_counter() - start - rollout_s
         return episodes
 

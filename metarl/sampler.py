@@ -536,6 +536,8 @@ class Sampler(BaseSampler):
                         break
             episode_shape = (num_tasks, num_episodes)
             terminated = terminated_at.reshape(episode_shape)
+            observations *= mask[..., None]  # padding is zeros (what finished sub-envs were fed is not kept)
+            actions *= mask[..., None]
             return Episodes(observations, actions, rewards, mask, list(tasks), terminated=terminated,
                             truncated=~terminated, final_observations=final_obs.reshape(*episode_shape, -1))
 

@@ -5,7 +5,7 @@ import torch
 
 import metarl.maml as maml
 from conftest import synthetic_episodes
-from metarl.episodes import Episodes
+from metarl.episodes import Episodes, concat_episodes
 from metarl.maml import MetaBatch, adapt_steps, log_probs, surrogate_loss, trpo_meta_step
 from metarl.policy import GaussianMLPPolicy, detach_params
 from metarl.trpo import flat, gaussian_kl, hessian_vector_product
@@ -139,6 +139,38 @@ def test_trpo_step_is_the_same_for_any_grouping_of_the_tasks(first_order):
         assert stats.line_search_step == batched.line_search_step
         assert stats.loss_after == pytest.approx(batched.loss_after, rel=1e-9, abs=1e-12)
         assert torch.allclose(theta, theta_batched, atol=1e-10)
+
+
+def _trpo_result(batch, **kwargs):
+    policy = tiny_policy()
+    stats = trpo_meta_step(policy, batch, INNER_LR, max_kl=1e-3, **kwargs)
+    return stats, flat(list(policy.parameters_dict().values())).detach()
+
+
+def test_cg_subsample_estimates_the_curvature_on_the_first_tasks():
+    half = MetaBatch([synthetic_episodes(num_tasks=2, horizon=6, seed=1)], synthetic_episodes(num_tasks=2, horizon=6,
+                                                                                              seed=2))
+    other = MetaBatch([synthetic_episodes(num_tasks=2, horizon=6, seed=3)], synthetic_episodes(num_tasks=2, horizon=6,
+                                                                                               seed=4))
+
+    def joined(a, b):
+        return MetaBatch([concat_episodes([a.train[0], b.train[0]])], concat_episodes([a.valid, b.valid]))
+
+    # Twice the same two tasks: the first half's curvature is the whole batch's, so the step is exact.
+    exact_stats, exact = _trpo_result(joined(half, half))
+    for groups in (None, 1, 3):
+        stats, theta = _trpo_result(joined(half, half), cg_subsample=0.5, tasks_per_group=groups)
+        assert stats.line_search_step == exact_stats.line_search_step
+        assert torch.allclose(theta, exact, atol=1e-9)
+    # Different tasks after the subset: another direction, and the KL bound still holds on all tasks.
+    mixed = joined(half, other)
+    exact_stats, exact = _trpo_result(mixed)
+    stats, theta = _trpo_result(mixed, cg_subsample=0.5)
+    assert stats.accepted and stats.kl_after < 1e-3
+    assert not torch.allclose(theta, exact, atol=1e-6)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="cg_subsample must be in"):
+            _trpo_result(mixed, cg_subsample=bad)
 
 
 def test_default_groups_hold_about_8k_steps():

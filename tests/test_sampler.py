@@ -1,5 +1,7 @@
 """The sampler on a counter env: shapes, masks, per-task assignment, determinism, errors."""
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from conftest import CounterEnv, LengthTask, TruncatingCounterEnv
 from metarl.envs import GoalTask, Navigation2DEnv, VelocityTask
 from metarl.envs.locomotion import HalfCheetahVelEnv
+from metarl.episodes import ValidSteps
 from metarl.policy import GaussianMLPPolicy, expand_params
 from metarl.sampler import NonFiniteEnvError, Sampler, TaskEnvError
 
@@ -171,6 +174,30 @@ def test_step_budget_fills_each_task_with_whole_episodes():
     assert torch.equal(batch.task_mean_returns(), torch.tensor([3.0, 15.0, 21.0]))
     assert batch.mean_return() == pytest.approx((6 * 3 + 3 * 15 + 2 * 21) / 11)
     assert sampler.sample(policy, None, tasks, episodes_per_task=2).observations.shape[1] == 2
+
+
+def test_padding_is_zero_and_valid_steps_rebuild_the_batch_exactly():
+    # Steps after an episode ended and episodes dropped by the step budget are zeros in every field,
+    # so the valid steps a Ray worker ships rebuild the padded batch bit for bit.
+    sampler, policy = make()
+    tasks = [LengthTask(2), LengthTask(5), LengthTask(9)]
+    batch = sampler.sample(policy, None, tasks, episodes_per_task=2, budget="steps")
+    padding = ~batch.mask.bool()
+    assert padding.any()
+    for name in ("observations", "actions", "rewards"):
+        assert not getattr(batch, name)[padding].any(), name
+    shipped = ValidSteps.of(batch)
+    assert shipped.observations.shape == (batch.num_steps, 2)
+    rebuilt = shipped.episodes()
+    for name in ("observations", "actions", "rewards", "mask", "terminated", "truncated", "final_observations"):
+        assert torch.equal(getattr(rebuilt, name), getattr(batch, name)), name
+    assert rebuilt.tasks == batch.tasks and rebuilt.mask.dtype == batch.mask.dtype
+    assert len(pickle.dumps(shipped)) < len(pickle.dumps(batch))
+    batch.compute_advantages(0.99, 1.0)
+    with pytest.raises(ValueError, match="sampled episodes only"):
+        ValidSteps.of(batch)
+    with pytest.raises(ValueError, match="before pack"):
+        ValidSteps.of(batch.pack())
 
 
 def test_unknown_budget_is_rejected():
