@@ -153,6 +153,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages (for logs)")
     p.set_defaults(func=cmd_train)
 
+    from metarl import sweep
+
+    p = sub.add_parser("sweep", help="one config over a grid of overrides and seeds, N runs at a time",
+                       description=sweep.__doc__.split("\n\n")[2].replace("\n", " "))
+    sweep.add_arguments(p)
+    p.set_defaults(func=sweep.cmd_sweep)
+
+    from metarl import report
+
+    p = sub.add_parser("report", help="results over seeds: means, IQM and intervals, tables and plots",
+                       description=report.__doc__.split("\n\n")[2].replace("\n", " "))
+    report.add_arguments(p)
+    p.set_defaults(func=report.cmd_report)
+
     p = sub.add_parser("evaluate", help="evaluate a run with the paper protocol",
                        description="Adapt the run's meta-learned policy on held-out tasks; "
                        "writes eval.json and eval.png.")
@@ -201,7 +215,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 #: Subcommands whose ``key=value`` overrides may also come after flags (``train CONFIG --quiet key=value``).
-TAKES_OVERRIDES = ("train", "evaluate")
+TAKES_OVERRIDES = ("train", "evaluate", "sweep")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,6 +18,16 @@ METHOD_NAMES = {"maml": "MAML", "pretrain": "pretrained", "sens0": "pretrained",
                 "oracle": "oracle"}
 
 
+#: The paper's env names (the authors' result files) for metarl's envs with a result in the paper.
+PAPER_ENVS = {"Navigation2D-v0": "point", "HalfCheetahVel-v0": "cheetah", "HalfCheetahDir-v0": "cheetahdirec",
+              "AntVel-v0": "ant", "AntDir-v0": "antdirec"}
+
+
+def paper_env(env_id: str) -> str | None:
+    """The paper's name for ``env_id`` (``metarl/Navigation2D-v0`` -> ``point``), or None."""
+    return PAPER_ENVS.get(env_id.rpartition(":")[2].split("/")[-1])
+
+
 def paper_results(env: str) -> dict[str, tuple[list[float], list[float]]]:
     """``{method: (means, standard errors)}`` after 0, 1, ... gradient steps for the paper's ``env``
     (e.g. "point"), for the methods of :data:`METHOD_NAMES`, in that order."""

@@ -177,3 +177,26 @@ def test_ray_benchmark_script_runs(tmp_path):
     assert set(result["steps_per_s"]) == {"local", "ray-1", "ray-2"} and result["ratio_to_local"]["local"] == 1.0
     assert set(result["ray_overhead_s"]) == {"ray-1", "ray-2"} and result["steps_per_round"] == 4 * 2 * 5
     assert result["projection"]["2"]["speedup"] > 0
+
+
+def test_a_sweep_runs_its_points_as_ray_tasks(tmp_path, tiny_run_args):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_run_args if not a.startswith("run.output_dir=")]
+    assert main(["sweep", NAV, *args, "run.seed=0,1", "--backend", "ray", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["status"] for p in summary["points"]] == ["finished", "finished"]
+    assert all((out / f"seed-{seed}" / "eval.json").is_file() for seed in (0, 1))
+
+
+@pytest.mark.slow  # each point starts its own Ray rollout worker: minutes on 2 cores
+def test_a_sweep_on_ray_runs_points_that_sample_on_ray_without_deadlock(tmp_path, tiny_run_args):
+    # Two CPUs: a point needs 1 thread for its driver and 1 CPU for its Ray rollout worker, so the
+    # sweep runs them one after the other instead of starving the workers of the first.
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_run_args if not a.startswith("run.output_dir=")]
+    assert main(["sweep", NAV, *args, "sampler.backend=ray", "ray.workers=1", "run.seed=0,1", "--backend", "ray",
+                 "--jobs", "2", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["status"] for p in summary["points"]] == ["finished", "finished"]
+    for seed in (0, 1):
+        assert len(read_metrics(out / f"seed-{seed}")) == 2 and (out / f"seed-{seed}" / "eval.json").is_file()

@@ -1,0 +1,345 @@
+"""``metarl report``: results over seeds, with interval estimates, from run directories.
+
+    metarl report RUN_DIR_OR_SWEEP... [--by KEY ...] [--out DIR] [--baselines FILE] [--paper ENV]
+
+Collects the evaluated runs (``eval.json``) under the paths given (run directories, sweep
+directories, or folders holding either), groups them by setting (``--by maml.outer``; by default
+every config field that differs between the runs except the seed and where they ran), and for each
+group and each number of adaptation steps reports the number of seeds, the mean and the IQM of the
+returns with 95% stratified-bootstrap intervals (:mod:`metarl.stats`; the test tasks are the
+strata, so all runs must be evaluated on the same tasks), the fraction of the pretrained-to-oracle
+gap closed after one step where baselines are found (``--baselines FILE``, else each run's
+``baselines.json``), the probability that one setting beats another, and the MAML paper's figure
+for the env beside ours with whether it lies in our interval. Writes ``report.md``,
+``report.json`` and ``report.png`` (adaptation curves and training curves with interval bands).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metarl import config as cfg
+from metarl import stats
+from metarl.paper import paper_env, paper_results
+from metarl.run.rundir import read_metrics
+
+#: Config fields that say where or how a run was run, not what it is: never a grouping key.
+NOT_SETTINGS = ("run.seed", "run.name", "run.output_dir", "run.device", "run.checkpoint_every",
+                "run.checkpoint_minutes", "tracking.", "ray.", "sampler.backend", "sampler.vectorization")
+#: The evaluation protocol: runs compared in one report must share it.
+PROTOCOL = ("eval.tasks", "eval.num_tasks", "eval.seed", "eval.num_steps", "eval.step_sizes",
+            "eval.episodes_per_task", "eval.budget", "env.id")
+
+
+@dataclass
+class RunResult:
+    path: Path
+    flat: dict[str, Any]
+    eval: dict[str, Any]
+    baselines: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+
+    @property
+    def seed(self) -> int:
+        return int(self.flat["run.seed"])
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
+
+
+def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """``(evaluated runs, runs without eval.json)`` under ``paths``: run directories, sweep
+    directories or folders holding them (searched three levels deep), each found once, in order."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such run or sweep directory")
+        if _is_run(path):
+            found.append(path)
+            continue
+        sweep = path / "sweep.json"
+        if sweep.is_file():
+            names = [p["name"] for p in json.loads(sweep.read_text())["points"]]
+            found += [path / name for name in names if _is_run(path / name)]
+            continue
+        found += sorted(p.parent for pattern in ("*/config.yaml", "*/*/config.yaml", "*/*/*/config.yaml")
+                        for p in path.glob(pattern) if _is_run(p.parent))
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        where = ", ".join(map(str, paths))
+        raise FileNotFoundError(f"no run directories (config.yaml and metrics.jsonl) under {where}")
+    return [p for p in unique if (p / "eval.json").is_file()], [p for p in unique if not (p / "eval.json").is_file()]
+
+
+def load_run(path: Path) -> RunResult:
+    config = cfg.load(path / "config.yaml")
+    baselines_path = path / "baselines.json"
+    return RunResult(path, cfg.to_flat_dict(config), json.loads((path / "eval.json").read_text()),
+                     json.loads(baselines_path.read_text()) if baselines_path.is_file() else None,
+                     read_metrics(path))
+
+
+def _ignored(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_SETTINGS)
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def group_runs(runs: list[RunResult], by: list[str] | None) -> dict[str, list[RunResult]]:
+    """Runs grouped by the values of ``by`` (default: the settings that differ between runs)."""
+    keys = list(runs[0].flat)
+    if by:
+        unknown = [k for k in by if k not in runs[0].flat]
+        if unknown:
+            raise cfg.ConfigError(f"--by {', '.join(unknown)}: not config fields; e.g. maml.outer, maml.inner_loss, "
+                                  "maml.inner_lr, trpo.max_kl")
+        keys = list(by)
+    else:
+        keys = [k for k in keys if not _ignored(k) and len({_value_text(r.flat.get(k)) for r in runs}) > 1]
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        label = ", ".join(f"{k}={_value_text(run.flat.get(k))}" for k in keys) or run.flat["env.id"].split("/")[-1]
+        groups.setdefault(label, []).append(run)
+    for label, members in groups.items():
+        seeds = [r.seed for r in members]
+        if len(set(seeds)) != len(seeds):
+            twice = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise cfg.ConfigError(
+                f"group {label!r} has seed(s) {twice} more than once ({', '.join(str(r.path) for r in members)}): "
+                "they differ in a setting --by leaves out; add it to --by")
+    return groups
+
+
+def check_protocol(runs: list[RunResult]) -> bool:
+    """Refuse runs evaluated with different protocols; True when every run has the same test tasks
+    (then the per-task returns are the strata; otherwise each run is one score)."""
+    for key in PROTOCOL:
+        values = {_value_text(r.flat.get(key)) for r in runs}
+        if len(values) > 1:
+            raise cfg.ConfigError(f"the runs were evaluated differently ({key}: {', '.join(sorted(values))}); "
+                                  "report them separately, or re-evaluate with `metarl evaluate RUN eval.key=value`")
+    tasks = {json.dumps(r.eval.get("tasks"), sort_keys=True) for r in runs}
+    return len(tasks) == 1 and all("per_task_returns" in r.eval for r in runs)
+
+
+def scores(members: list[RunResult], step: int, per_task: bool) -> np.ndarray:
+    """``[runs, tasks]`` returns after ``step`` adaptation steps (``[runs, 1]`` run means without per_task)."""
+    if per_task:
+        return np.array([r.eval["per_task_returns"][step] for r in members], dtype=np.float64)
+    return np.array([[r.eval["mean_return"][step]] for r in members], dtype=np.float64)
+
+
+def _baselines(members: list[RunResult], shared: dict[str, Any] | None) -> tuple[float, float, str] | None:
+    """(pretrained after one step, oracle, where from) for the gap fraction, or None."""
+    sources = [shared] if shared else [r.baselines for r in members if r.baselines]
+    sources = [b for b in sources if b and "pretrained" in b and "oracle" in b
+               and len(b["pretrained"]["mean_return"]) > 1]
+    if not sources:
+        return None
+    pretrained = float(np.mean([b["pretrained"]["mean_return"][1] for b in sources]))
+    oracle = float(np.mean([b["oracle"]["mean_return"][0] for b in sources]))
+    return pretrained, oracle, "--baselines" if shared else f"baselines.json of {len(sources)} run(s)"
+
+
+def training_band(members: list[RunResult], key: str, reps: int, seed: int) -> dict[str, list[float]] | None:
+    """Mean over runs of ``key`` per meta-iteration, with a 95% bootstrap band (whole runs resampled)."""
+    length = min(len(r.metrics) for r in members)
+    if length == 0:
+        return None
+    curves = np.array([[m[key] for m in r.metrics[:length]] for r in members], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    picks = curves[rng.integers(0, len(members), size=(reps, len(members)))].mean(axis=1)
+    low, high = np.percentile(picks, [2.5, 97.5], axis=0)
+    return {"iteration": [m["iteration"] for m in members[0].metrics[:length]], "mean": curves.mean(0).tolist(),
+            "low": low.tolist(), "high": high.tolist()}
+
+
+def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: dict[str, Any] | None = None,
+                 paper: str | None = None, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Everything ``report.json`` holds (see the module docstring)."""
+    per_task = check_protocol(runs)
+    groups = group_runs(runs, by)
+    env_id = runs[0].flat["env.id"]
+    paper = paper if paper is not None else paper_env(env_id)
+    reference = paper_results(paper).get("MAML") if paper and paper != "none" else None
+    out: dict[str, Any] = {"env": env_id, "strata": "test tasks" if per_task else "runs", "reps": reps,
+                           "num_test_tasks": len(runs[0].eval["per_task_returns"][0]) if per_task else None,
+                           "paper_env": paper if reference else None, "groups": [], "improvement": []}
+    steps = min(len(r.eval["mean_return"]) for r in runs)
+    for label, members in groups.items():
+        group: dict[str, Any] = {"label": label, "runs": [str(r.path) for r in members],
+                                 "seeds": sorted(r.seed for r in members), "steps": list(range(steps)),
+                                 "mean": [], "iqm": []}
+        for k in range(steps):
+            x = scores(members, k, per_task)
+            group["mean"].append(stats.interval(x, stats.mean, reps, seed).as_dict())
+            group["iqm"].append(stats.interval(x, stats.iqm, reps, seed).as_dict())
+        found = _baselines(members, baselines)
+        if found and steps > 1:
+            pretrained, oracle, source = found
+            gap = stats.gap_fraction(scores(members, 1, per_task), pretrained, oracle, reps, seed)
+            group["gap"] = {"pretrained_1_step": pretrained, "oracle": oracle, "source": source, **gap.as_dict()}
+        group["run_means"] = [[float(r.eval["mean_return"][k]) for r in members] for k in range(steps)]
+        if reference:
+            means, errors = reference
+            group["paper"] = [{"step": k, "mean": means[k], "stderr": errors[k],
+                               "in_interval": stats.Estimate(**group["mean"][k]).contains(means[k]),
+                               "in_seed_range": min(group["run_means"][k]) <= means[k] <= max(group["run_means"][k])}
+                              for k in range(min(steps, len(means)))]
+        group["training"] = {key: training_band(members, key, reps, seed) for key in ("pre_return", "post_return")}
+        out["groups"].append(group)
+    labels = list(groups)
+    for a, b in itertools.permutations(labels, 2):
+        if labels.index(a) > labels.index(b):
+            continue
+        for k in range(steps):
+            estimate = stats.improvement(scores(groups[a], k, per_task), scores(groups[b], k, per_task), reps, seed)
+            out["improvement"].append({"x": a, "y": b, "step": k, **estimate.as_dict()})
+    return out
+
+
+def _cell(estimate: dict[str, float]) -> str:
+    return f"{estimate['value']:.2f} [{estimate['low']:.2f}, {estimate['high']:.2f}]"
+
+
+def _steps_header(steps: list[int]) -> str:
+    return " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in steps)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables."""
+    groups = report["groups"]
+    steps = groups[0]["steps"]
+    strata = (f"{report['num_test_tasks']} test tasks as strata" if report["strata"] == "test tasks"
+              else "one score per run (the runs' test tasks differ)")
+    lines = [f"Return after k adaptation steps on {report['env']}: mean over seeds and test tasks "
+             f"[95% stratified-bootstrap interval, {report['reps']} resamples, {strata}].", "",
+             f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
+    for g in groups:
+        lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(_cell(e) for e in g["mean"]) + " |")
+    compared = [g for g in groups if "paper" in g]
+    if compared:
+        lines += ["", f"The MAML paper's figure ({report['paper_env']}: one run, mean ± s.e. over its test tasks), "
+                  "whether it lies in our 95% interval of the mean over seeds, and the range of our single seeds "
+                  "(one run scatters more than a mean of several):", "",
+                  f"| | {_steps_header(steps)} |", "| --- |" + " --- |" * len(steps)]
+        paper = compared[0]["paper"]
+        pad = [""] * (len(steps) - len(paper))
+        lines.append("| MAML paper | " + " | ".join([f"{p['mean']:.2f} ± {p['stderr']:.2f}" for p in paper] + pad)
+                     + " |")
+        for g in compared:
+            lines.append(f"| in the interval of {g['label']}? | "
+                         + " | ".join(["yes" if p["in_interval"] else "no" for p in g["paper"]] + pad) + " |")
+            lines.append(f"| {g['label']}, single seeds | "
+                         + " | ".join(f"{min(v):.2f} to {max(v):.2f}" for v in g["run_means"]) + " |")
+    lines += ["", "IQM (interquartile mean over seeds x test tasks):", "",
+              f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
+    for g in groups:
+        lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(_cell(e) for e in g["iqm"]) + " |")
+    gaps = [g for g in groups if "gap" in g]
+    if gaps:
+        lines += ["", "Fraction of the pretrained-to-oracle gap closed after one step "
+                  "(the baselines taken as fixed):", "",
+                  "| setting | pretrained, 1 step | oracle | gap closed | baselines |",
+                  "| --- | --- | --- | --- | --- |"]
+        for g in gaps:
+            gap = g["gap"]
+            lines.append(f"| {g['label']} | {gap['pretrained_1_step']:.2f} | {gap['oracle']:.2f} | "
+                         f"{gap['value']:.0%} [{gap['low']:.0%}, {gap['high']:.0%}] | {gap['source']} |")
+    if report["improvement"]:
+        lines += ["", "Probability that a run of X scores above a run of Y on a test task:", "",
+                  f"| X | Y | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
+        pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in report["improvement"]:
+            pairs.setdefault((row["x"], row["y"]), []).append(row)
+        for (x, y), rows in pairs.items():
+            lines.append(f"| {x} | {y} | " + " | ".join(_cell(r) for r in rows) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Adaptation curves (mean with its interval band, the paper's MAML with its standard error) and
+    training curves (return before and after adaptation, mean over seeds with a bootstrap band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, g in enumerate(report["groups"]):
+        color = colors[i % len(colors)]
+        mean = [e["value"] for e in g["mean"]]
+        left.plot(g["steps"], mean, "o-", color=color, label=f"{g['label']} ({len(g['seeds'])} seeds)")
+        left.fill_between(g["steps"], [e["low"] for e in g["mean"]], [e["high"] for e in g["mean"]], color=color,
+                          alpha=0.2)
+        for key, style in (("post_return", "-"), ("pre_return", "--")):
+            band = g["training"].get(key)
+            if band:
+                right.plot(band["iteration"], band["mean"], style, color=color,
+                           label=f"{g['label']}, {'after' if key == 'post_return' else 'before'} adaptation")
+                right.fill_between(band["iteration"], band["low"], band["high"], color=color, alpha=0.15)
+        if i == 0 and "paper" in g:
+            left.errorbar([p["step"] for p in g["paper"]], [p["mean"] for p in g["paper"]],
+                          yerr=[p["stderr"] for p in g["paper"]], fmt="s:", color="black", capsize=3,
+                          label=f"MAML paper ({report['paper_env']}), ± s.e.")
+    left.set(xlabel="adaptation steps", ylabel="return", title=f"{report['env']}: adaptation (95% interval)")
+    left.set_xticks(report["groups"][0]["steps"])
+    right.set(xlabel="meta-iteration", ylabel="return", title="training (95% band over seeds)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_report(args: Any) -> int:
+    runs, unevaluated = find_runs(args.paths)
+    for path in unevaluated:
+        print(f"metarl report: {path} has no eval.json (unfinished?): left out", flush=True)
+    if not runs:
+        raise FileNotFoundError("none of the runs found has an eval.json: finish or evaluate them first")
+    if args.reps < 100:
+        raise cfg.ConfigError(f"--reps must be >= 100, got {args.reps}")
+    shared = None
+    if args.baselines:
+        path = Path(args.baselines)
+        if not path.is_file():
+            raise FileNotFoundError(f"--baselines {path}: no such file")
+        shared = json.loads(path.read_text())
+    report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps)
+    out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1
+                                            and (Path(args.paths[0]) / "sweep.json").is_file() else Path("report"))
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    (out / "report.md").write_text(text)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, out / "report.png")
+    print(text)
+    print(f"wrote {out}/report.md, report.json and report.png")
+    return 0
+
+
+def add_arguments(p: Any) -> None:
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_SWEEP", help="run directories, sweep directories, or "
+                   "folders holding them")
+    p.add_argument("--by", nargs="+", metavar="KEY", help="config fields whose values make the groups (default: "
+                   "those that differ between the runs, seeds aside), e.g. maml.outer")
+    p.add_argument("--out", help="where report.md, report.json and report.png go (default: the sweep directory "
+                   "when one is given, else ./report)")
+    p.add_argument("--baselines", metavar="FILE", help="a baselines.json (experiments/baselines.py) for every "
+                   "group's gap fraction (default: each run's own baselines.json)")
+    p.add_argument("--paper", metavar="ENV", help="the MAML paper's env to compare with (point, cheetah, "
+                   "cheetahdirec, ant, antdirec; 'none' for no comparison; default: from the env id)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")

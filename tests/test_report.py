@@ -1,0 +1,107 @@
+"""``metarl report`` on synthetic run directories: grouping, the numbers, the paper, the gap, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from metarl import config as cfg
+from metarl import stats
+from metarl.cli import main
+from metarl.paper import paper_results
+
+TASKS = [{"goal": [0.1 * i, -0.1 * i]} for i in range(4)]
+
+
+def fake_run(root, name, seed, returns, overrides=(), baselines=None, tasks=TASKS):
+    """A run directory as `metarl train` leaves it: ``returns`` is ``[steps][tasks]``."""
+    path = root / name
+    path.mkdir(parents=True)
+    config = cfg.load(None, [f"run.seed={seed}", f"run.name={name}", f"run.output_dir={root}", *overrides])
+    (path / "config.yaml").write_text(cfg.dumps(config))
+    lines = [{"iteration": i, "pre_return": -10.0 + i + seed, "post_return": -5.0 + i + seed} for i in range(3)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    returns = np.asarray(returns, dtype=float)
+    (path / "eval.json").write_text(json.dumps({
+        "env": config.env.id, "steps": list(range(len(returns))), "mean_return": returns.mean(1).tolist(),
+        "stderr": [0.0] * len(returns), "per_task_returns": returns.tolist(), "tasks": tasks}))
+    if baselines:
+        (path / "baselines.json").write_text(json.dumps(baselines))
+    return path
+
+
+def _returns(seed, shift):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.normal(-40 + shift, 3, 4), rng.normal(-10 + shift, 3, 4), rng.normal(-5 + shift, 3, 4)])
+
+
+def test_report_groups_by_the_setting_that_differs_and_computes_the_intervals(tmp_path):
+    runs = tmp_path / "runs"
+    data = {}
+    for outer, shift in (("trpo", 0.0), ("promp", -100.0)):
+        for seed in range(3):
+            data[outer, seed] = _returns(seed + 10 * (outer == "promp"), shift)
+            fake_run(runs, f"{outer}-{seed}", seed, data[outer, seed], [f"maml.outer={outer}"])
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--reps", "500"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [g["label"] for g in report["groups"]] == ["maml.outer=promp", "maml.outer=trpo"]
+    trpo = report["groups"][1]
+    assert trpo["seeds"] == [0, 1, 2] and report["strata"] == "test tasks" and report["num_test_tasks"] == 4
+    x = np.stack([data["trpo", s][1] for s in range(3)])
+    assert trpo["mean"][1] == stats.interval(x, stats.mean, reps=500).as_dict()
+    assert trpo["iqm"][1]["value"] == pytest.approx(stats.iqm(x))
+    # promp is 100 lower everywhere: it never beats trpo.
+    assert {(r["x"], r["y"], r["value"]) for r in report["improvement"]} == {
+        ("maml.outer=promp", "maml.outer=trpo", 0.0)}
+    # The paper's 2D-navigation MAML figures are beside ours, flagged by our interval.
+    means, _ = paper_results("point")["MAML"]
+    assert report["paper_env"] == "point"
+    for row in trpo["paper"]:
+        assert row["mean"] == means[row["step"]]
+        ours = trpo["mean"][row["step"]]
+        assert row["in_interval"] == (ours["low"] <= row["mean"] <= ours["high"])
+    text = (out / "report.md").read_text()
+    assert "| maml.outer=trpo | 3 |" in text and "| MAML paper |" in text
+    assert trpo["run_means"][1] == pytest.approx([data["trpo", s][1].mean() for s in range(3)])
+    assert (out / "report.png").stat().st_size > 10_000
+    assert trpo["training"]["post_return"]["mean"] == [-4.0, -3.0, -2.0]  # seeds 0, 1, 2 shift by 0, 1, 2
+
+    # --by keeps one group; the same seed twice in a group is refused.
+    assert main(["report", str(runs), "--by", "env.id", "--out", str(out)]) == 2
+    assert main(["report", str(runs), "--by", "maml.nosuch", "--out", str(out)]) == 2
+
+
+def test_gap_fraction_from_a_shared_baselines_file(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in range(2):
+        fake_run(runs, f"s{seed}", seed, [[0.0], [4.0 + 2 * seed]], tasks=TASKS[:1])  # one test task
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"pretrained": {"mean_return": [0.0, 2.0]}, "oracle": {"mean_return": [10.0]}}))
+    assert main(["report", str(runs), "--baselines", str(baselines), "--out", str(tmp_path / "r"), "--paper",
+                 "none"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    gap = report["groups"][0]["gap"]
+    assert gap["value"] == pytest.approx((5.0 - 2.0) / (10.0 - 2.0))  # runs score 4 and 6 after one step
+    assert gap["low"] == pytest.approx((4.0 - 2.0) / 8.0) and gap["high"] == pytest.approx((6.0 - 2.0) / 8.0)
+    assert report["paper_env"] is None and "paper" not in report["groups"][0]
+    assert "Fraction of the pretrained-to-oracle gap" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_runs_evaluated_differently_are_not_pooled(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, "a", 0, _returns(0, 0))
+    fake_run(runs, "b", 1, _returns(1, 0), ["eval.num_tasks=20"])
+    assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 2
+    assert "evaluated differently (eval.num_tasks" in capsys.readouterr().err
+    # Other test tasks: each run is one score, and the report says so.
+    other = tmp_path / "other"
+    fake_run(other, "a", 0, _returns(0, 0))
+    fake_run(other, "b", 1, _returns(1, 0), tasks=TASKS[::-1])
+    (other / "c").mkdir()  # an unfinished run: left out with a note
+    (other / "c" / "config.yaml").write_text((other / "a" / "config.yaml").read_text())
+    (other / "c" / "metrics.jsonl").write_text("")
+    assert main(["report", str(other), "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["strata"] == "runs"
+    assert "c has no eval.json" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,123 @@
+"""``metarl sweep``: the grid, the points' names and directories, skipping, resuming, failures."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from metarl.cli import main
+from metarl.config import ConfigError
+from metarl.run.rundir import read_metrics
+from metarl.sweep import expand, parse_grid, split_values
+
+QUICK = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d_quick.yaml")
+
+
+def test_commas_split_values_outside_brackets_and_quotes():
+    assert split_values("0,1, 2") == ["0", "1", "2"]
+    assert split_values("[0.5,0.25]") == ["[0.5,0.25]"]
+    assert split_values("[0.5,0.25],[0.1]") == ["[0.5,0.25]", "[0.1]"]
+    assert split_values("'a,b',c") == ["'a,b'", "c"]
+
+
+def test_grid_has_fixed_overrides_and_axes_in_order():
+    fixed, axes = parse_grid(["maml.outer=trpo,promp", "run.iterations=5", "eval.step_sizes=[0.5,0.25]",
+                              "run.seed=0,1"])
+    assert fixed == ["run.iterations=5", "eval.step_sizes=[0.5,0.25]"]
+    assert axes == {"maml.outer": ["trpo", "promp"], "run.seed": ["0", "1"]}
+    points = expand(axes)
+    assert [p.name for p in points] == ["outer-trpo__seed-0", "outer-trpo__seed-1", "outer-promp__seed-0",
+                                        "outer-promp__seed-1"]
+    assert points[1].overrides == ("maml.outer=trpo", "run.seed=1")
+    assert [p.name for p in expand({})] == ["run"]
+    # Keys sharing their last part are named in full.
+    both = expand({"sampler.episodes_per_task": ["10", "20"], "eval.episodes_per_task": ["5", "6"]})
+    assert both[0].name == "sampler-episodes_per_task-10__eval-episodes_per_task-5"
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["run.seed"], "key=value"),
+    (["run.name=a,b"], "run.name: the sweep sets it"),
+    (["run.output_dir=x"], "run.output_dir: the sweep sets it"),
+    (["run.seed=0,1", "run.seed=2"], "given twice"),
+    (["run.seed=0,,1"], "empty value"),
+    (["run.seed=0,1,0"], "repeats"),
+])
+def test_bad_grids_are_refused(arguments, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(arguments)
+
+
+def _summary(out):
+    return {p["name"]: p for p in json.loads((out / "summary.json").read_text())["points"]}
+
+
+def _sweep(out, *arguments):
+    return main(["sweep", QUICK, *arguments, "--out", str(out), "--quiet", "--jobs", "2"])
+
+
+def test_sweep_runs_skips_extends_and_reports_failures(tmp_path, tiny_run_args, capsys):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_run_args if not a.startswith("run.output_dir=")]
+    assert _sweep(out, *args, "run.seed=0,1") == 0
+    summary = _summary(out)
+    assert {name: p["status"] for name, p in summary.items()} == {"seed-0": "finished", "seed-1": "finished"}
+    for seed in (0, 1):
+        run = out / f"seed-{seed}"
+        assert (run / "eval.json").is_file() and len(read_metrics(run)) == 2
+        assert f"seed: {seed}" in (run / "config.yaml").read_text()
+        assert (out / "logs" / f"seed-{seed}.log").is_file()
+    recorded = json.loads((out / "sweep.json").read_text())
+    assert recorded["axes"] == {"run.seed": ["0", "1"]} and "run.iterations=2" in recorded["fixed"]
+    first = (out / "seed-0" / "metrics.jsonl").read_text()
+    # The sweep's report goes into the sweep directory.
+    assert main(["report", str(out), "--reps", "200"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [g["seeds"] for g in report["groups"]] == [[0, 1]] and (out / "report.md").is_file()
+
+    # The same command again: nothing to run.
+    assert _sweep(out, *args, "run.seed=0,1") == 0
+    assert {p["status"] for p in _summary(out).values()} == {"skipped"}
+    assert (out / "seed-0" / "metrics.jsonl").read_text() == first
+
+    # More iterations resume both runs; a new seed starts; a run that died before its first
+    # checkpoint (a directory with only its config) is moved aside and started again.
+    (out / "seed-2").mkdir()
+    (out / "seed-2" / "config.yaml").write_text((out / "seed-0" / "config.yaml").read_text()
+                                                .replace("seed: 0", "seed: 2"))
+    longer = [a if a != "run.iterations=2" else "run.iterations=3" for a in args]
+    assert _sweep(out, *longer, "run.seed=0,1,2") == 0
+    assert {name: p["status"] for name, p in _summary(out).items()} == {
+        "seed-0": "finished", "seed-1": "finished", "seed-2": "finished"}
+    assert [len(read_metrics(out / f"seed-{s}")) for s in (0, 1, 2)] == [3, 3, 3]
+    assert (out / "seed-0" / "metrics.jsonl").read_text().startswith(first)
+    assert len(list((out / "abandoned").iterdir())) == 1
+
+    # Another setting is another sweep.
+    capsys.readouterr()
+    assert _sweep(out, *longer, "maml.inner_lr=0.3", "run.seed=0,1,2") == 2
+    assert "maml.inner_lr" in capsys.readouterr().err
+
+
+def test_a_failed_point_does_not_stop_the_others(tmp_path, tiny_run_args):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_run_args if not a.startswith("run.output_dir=")]
+    assert _sweep(out, *args, "env.id=metarl/Navigation2D-v0,nosuch/Env-v0") == 1
+    summary = _summary(out)
+    assert summary["id-metarl-Navigation2D-v0"]["status"] == "finished"
+    failed = summary["id-nosuch-Env-v0"]
+    assert failed["status"] == "failed" and failed["exit_code"] == 2 and "nosuch" in failed["error"]
+
+
+def test_a_directory_holding_another_run_is_not_taken_for_a_point(tmp_path, tiny_run_args):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_run_args if not a.startswith("run.output_dir=")]
+    assert main(["train", QUICK, *args, f"run.output_dir={out}", "run.name=seed-0", "maml.inner_lr=0.2",
+                 "--quiet"]) == 0
+    assert _sweep(out, *args, "run.seed=0,1") == 1
+    summary = _summary(out)
+    assert "holds another run (maml.inner_lr" in summary["seed-0"]["error"]
+    assert summary["seed-1"]["status"] == "finished"
+    with pytest.raises(SystemExit):
+        main(["sweep", QUICK, "--out", str(out), "--jobs", "x"])
+    assert main(["sweep", QUICK, "--out", str(tmp_path / "other"), "--jobs", "0"]) == 2
