@@ -465,8 +465,9 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
             run.state, run.done = "new", 0
     queue = [run for run in runs if run.status == "pending"]
     skipped = len(runs) - len(queue)
+    resumed = sum(r.state == "resumable" for r in queue)
     say(f"sweep {sweep.path}: {len(runs)} points, {skipped} finished already, {len(queue)} to run"
-        + (f" ({sum(r.state == 'resumable' for r in queue)} resumed)" if queue else ""))
+        + (f" ({resumed} resumed)" if resumed else ""))
     total = sum(max(0, r.iterations - r.done) for r in queue)
     bar = tqdm(total=total, unit="it", desc="sweep", disable=quiet or not queue, dynamic_ncols=True)
     running: list[PointRun] = []

@@ -1,6 +1,11 @@
 """``metarl sweep``: the grid, the points' names and directories, skipping, resuming, failures."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +126,29 @@ def test_a_directory_holding_another_run_is_not_taken_for_a_point(tmp_path, tiny
     with pytest.raises(SystemExit):
         main(["sweep", QUICK, "--out", str(out), "--jobs", "x"])
     assert main(["sweep", QUICK, "--out", str(tmp_path / "other"), "--jobs", "0"]) == 2
+
+
+def test_ctrl_c_stops_every_run_at_a_checkpoint_and_a_rerun_continues(tmp_path, tiny_run_args):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_run_args if not a.startswith(("run.output_dir=", "run.iterations="))]
+    command = [sys.executable, "-m", "metarl.cli", "sweep", QUICK, *args, "run.seed=0,1", "--jobs", "2",
+               "--out", str(out), "--quiet"]
+    sweep = subprocess.Popen([*command, "run.iterations=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.monotonic() + 120
+    while not all((out / f"seed-{s}" / "checkpoints" / "last.pt").is_file() for s in (0, 1)):
+        assert time.monotonic() < deadline and sweep.poll() is None
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGINT)
+    stdout, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    assert "rerun the same command" in stderr
+    assert {p["status"] for p in _summary(out).values()} == {"interrupted"}
+    done = [len(read_metrics(out / f"seed-{s}")) for s in (0, 1)]
+    # The rerun (with an iteration count within reach: a resume may change it) continues both runs.
+    target = max(done) + 2
+    assert main([*command[3:], f"run.iterations={target}"]) == 0
+    assert {p["status"] for p in _summary(out).values()} == {"finished"}
+    for s in (0, 1):
+        metrics = read_metrics(out / f"seed-{s}")
+        assert [m["iteration"] for m in metrics] == list(range(target))
