@@ -35,7 +35,6 @@ directory (unless ``tracking.group`` is set).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -187,10 +186,16 @@ class Sweep:
             ConfigError: when the config file or a fixed override differs from the recorded sweep's
                 (beyond what a resume accepts), or a point's config does not validate.
         """
-        sweep = cls(out, config_path, fixed, axes, expand(axes))
         record = out / SWEEP_FILE
-        if record.is_file():
-            sweep = cls._merge(json.loads(record.read_text()), sweep)
+        recorded = json.loads(record.read_text()) if record.is_file() else None
+        if recorded:  # one value of a recorded axis (run.seed=5) adds a point, as run.seed=0,...,5 would
+            for key, value in _pairs(fixed):
+                if key in recorded["axes"]:
+                    fixed = [text for text in fixed if text.partition("=")[0] != key]
+                    axes = {**axes, key: [value]}
+        sweep = cls(out, config_path, fixed, axes, expand(axes))
+        if recorded:
+            sweep = cls._merge(recorded, sweep)
         elif out.exists():
             # Runs started by hand under the points' names are taken over (their configs are checked).
             known = {p.name for p in sweep.points} | {"logs", "abandoned"}
@@ -207,14 +212,14 @@ class Sweep:
 
     @classmethod
     def _merge(cls, recorded: dict[str, Any], new: Sweep) -> Sweep:
-        text = new.config_path.read_bytes()
-        if recorded["config_sha256"] != hashlib.sha256(text).hexdigest():
-            raise cfg.ConfigError(
-                f"{new.config_path} is not the config the sweep in {new.path} was started with ({recorded['config']}, "
-                "since edited?): give a new sweep directory with --out")
+        # The config file's settings (not its text: comments may change), then the fixed overrides.
+        then, now = recorded["base_config"], cfg.to_flat_dict(cfg.load(new.config_path))
+        changed = sorted(f"{key} in {new.config_path}" for key in then.keys() | now.keys()
+                         if then.get(key) != now.get(key) and not allowed(key, RESUME_OVERRIDES)
+                         and key not in LOCATION_FIELDS)
         old_fixed, new_fixed = dict(_pairs(recorded["fixed"])), dict(_pairs(new.fixed))
-        changed = sorted(key for key in old_fixed.keys() | new_fixed.keys()
-                         if old_fixed.get(key) != new_fixed.get(key) and not allowed(key, RESUME_OVERRIDES))
+        changed += sorted(key for key in old_fixed.keys() | new_fixed.keys()
+                          if old_fixed.get(key) != new_fixed.get(key) and not allowed(key, RESUME_OVERRIDES))
         if set(recorded["axes"]) != set(new.axes):
             changed.append(f"the axes ({', '.join(recorded['axes'])} recorded, {', '.join(new.axes) or 'none'} now)")
         if changed:
@@ -229,7 +234,7 @@ class Sweep:
         self.path.mkdir(parents=True, exist_ok=True)
         _write_json(self.path / SWEEP_FILE, {
             "config": str(self.config_path),
-            "config_sha256": hashlib.sha256(self.config_path.read_bytes()).hexdigest(),
+            "base_config": cfg.to_flat_dict(cfg.load(self.config_path)),
             "fixed": self.fixed,
             "axes": self.axes,
             "points": [{"name": p.name, "overrides": list(p.overrides)} for p in self.points],

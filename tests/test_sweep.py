@@ -13,7 +13,7 @@ import pytest
 from metarl.cli import main
 from metarl.config import ConfigError
 from metarl.run.rundir import read_metrics
-from metarl.sweep import expand, parse_grid, split_values
+from metarl.sweep import Sweep, expand, parse_grid, split_values
 
 QUICK = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d_quick.yaml")
 
@@ -152,3 +152,17 @@ def test_ctrl_c_stops_every_run_at_a_checkpoint_and_a_rerun_continues(tmp_path, 
     for s in (0, 1):
         metrics = read_metrics(out / f"seed-{s}")
         assert [m["iteration"] for m in metrics] == list(range(target))
+
+
+def test_an_edited_config_file_is_another_sweep_but_a_new_comment_is_not(tmp_path):
+    config = tmp_path / "quick.yaml"
+    config.write_text(Path(QUICK).read_text())
+    out = tmp_path / "sweep"
+    Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0", "1"]}).save([])
+    config.write_text(config.read_text() + "\n# a note\n")
+    more = Sweep.open(out, config, ["run.iterations=7", "run.seed=2"], {})  # one more seed, longer runs
+    assert [p.name for p in more.points] == ["seed-0", "seed-1", "seed-2"]
+    assert more.fixed == ["run.iterations=7"]
+    config.write_text(config.read_text().replace("inner_lr: 0.1", "inner_lr: 0.2"))
+    with pytest.raises(ConfigError, match="maml.inner_lr in"):
+        Sweep.open(out, config, ["run.iterations=7"], {"run.seed": ["0"]})
