@@ -357,9 +357,10 @@ class RayLauncher(Launcher):
     rollout workers' CPUs free before it starts (see the module docstring)."""
 
     def __init__(self, jobs: int | None, sweep: Sweep, address: str | None, threads: int | None = None):
-        from metarl.ray_sampler import import_ray
-
-        ray = import_ray()
+        try:
+            import ray
+        except ImportError as exc:
+            raise cfg.ConfigError("--backend ray needs Ray, an optional dependency: pip install -e .[ray]") from exc
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
             ray.init(address=address, include_dashboard=False, configure_logging=False)

@@ -131,6 +131,9 @@ def test_tools_use_the_factory_and_the_run_directory_never_the_loop():
     for tool in ("metarl.render", "metarl.bench", "metarl.baselines", "metarl.run.evaluation"):
         assert "metarl.run.loop" not in reaches(tool), tool
         assert "metarl.train" not in reaches(tool), tool
+    # The sweep only starts `metarl train` processes, and the report only reads run directories.
+    for tool in ("metarl.sweep", "metarl.report", "metarl.stats"):
+        assert not reaches(tool) & {"metarl.run.loop", "metarl.train", "metarl.maml", "metarl.sampler"}, tool
 
 
 def test_choices_in_the_config_match_their_implementations():
