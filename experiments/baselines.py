@@ -2,12 +2,15 @@
 
     python experiments/baselines.py RUN_DIR [eval.key=value ...] [--timesteps 1000000]
                                     [--oracle-timesteps N] [--seed 0] [--only random pretrained oracle]
+                                    [--oracle-plateau [--chunk 250000] [--patience 3]]
 
 RUN_DIR is a `metarl train` run (its eval.json is the MAML row; a baseline may start before the
 run has finished, the table then gains the MAML row from whichever baseline writes last). The baselines use the run's
 env, policy architecture and evaluation config (metarl/baselines.py): pretrained and oracle are
 stable-baselines3 PPO for --timesteps env steps each (--oracle-timesteps for the oracle, whose
-task-conditioned policy needs longer to become the upper bound). Writes RUN_DIR/baselines.json,
+task-conditioned policy needs longer to become the upper bound; --oracle-plateau trains it until
+its evaluated return stops improving, at most --oracle-timesteps, and records the curve and the
+time it took). Writes RUN_DIR/baselines.json,
 baselines.md (the paper-style table: return after 0..K steps, mean +- s.e. over the test tasks, and
 the fraction of the pretrained-to-oracle gap MAML closes after one step) and baselines.png.
 --only computes some baselines and keeps the others found in baselines.json when it writes it
@@ -23,7 +26,14 @@ import sys
 from pathlib import Path
 
 from metarl import config as cfg
-from metarl.baselines import evaluate_policy, gap_closed, make_training_env, policy_from_ppo, train_ppo
+from metarl.baselines import (
+    evaluate_policy,
+    gap_closed,
+    make_training_env,
+    policy_from_ppo,
+    train_ppo,
+    train_ppo_until_plateau,
+)
 from metarl.plots import plot_adaptation_curves
 from metarl.policy import GaussianMLPPolicy
 from metarl.run.rundir import RunDir
@@ -56,7 +66,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished metarl training run (with eval.json)")
     parser.add_argument("--timesteps", type=int, default=1_000_000, help="PPO env steps for pretrained (and oracle)")
-    parser.add_argument("--oracle-timesteps", type=int, help="PPO env steps for the oracle (default: --timesteps)")
+    parser.add_argument("--oracle-timesteps", type=int, help="PPO env steps for the oracle (default: --timesteps); "
+                        "with --oracle-plateau the most it may take")
+    parser.add_argument("--oracle-plateau", action="store_true",
+                        help="train the oracle in chunks until its evaluated return stops improving (resumable: "
+                        "RUN_DIR/baselines_state/oracle-sSEED keeps the models and the curve)")
+    parser.add_argument("--chunk", type=int, default=250_000, help="with --oracle-plateau: env steps between "
+                        "evaluations (default 250000)")
+    parser.add_argument("--patience", type=int, default=3, help="with --oracle-plateau: evaluations in a row "
+                        "without beating the best by its standard error before it stops (default 3)")
     parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS),
                         help="baselines to compute; the others are kept from baselines.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init and of PPO")
@@ -86,6 +104,14 @@ def main() -> int:
             ppo = train_ppo(config, args.timesteps, seed=args.seed)
             results["pretrained"] = {**evaluate_policy(config, policy_from_ppo(ppo, config)),
                                      "timesteps": args.timesteps, "seed": args.seed}
+        elif args.oracle_plateau:
+            state = args.run_dir / "baselines_state" / f"oracle-s{args.seed}"
+            ppo, training = train_ppo_until_plateau(config, args.chunk, args.patience, oracle_timesteps, state,
+                                                    oracle=True, seed=args.seed, say=lambda t: print(f"oracle: {t}"))
+            results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),
+                                 **training, "seed": args.seed}
+            print(f"oracle: stopped ({training['stopped']}) after {training['trained_timesteps']} steps in "
+                  f"{training['seconds'] / 60:.1f} min; best at {training['timesteps']} steps")
         else:
             ppo = train_ppo(config, oracle_timesteps, oracle=True, seed=args.seed)
             results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),

@@ -13,6 +13,11 @@ actor means the same thing in both frameworks.
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -21,6 +26,7 @@ import torch
 from torch import nn
 
 from metarl import config as cfg
+from metarl.checkpoint import atomic_write_bytes
 from metarl.evaluate import evaluate_protocol
 from metarl.policy import GaussianMLPPolicy
 from metarl.run.factory import eval_tasks, make_sampler
@@ -60,11 +66,18 @@ def make_training_env(config: cfg.Config, oracle: bool = False) -> gym.Env:
 
 
 def train_ppo(config: cfg.Config, timesteps: int, oracle: bool = False, seed: int = 0) -> Any:
-    """Stable-baselines3 PPO with the MAML policy's architecture (separate value network)."""
+    """Stable-baselines3 PPO with the MAML policy's architecture, trained for ``timesteps`` env steps."""
+    model = make_ppo(config, oracle, seed)
+    model.learn(total_timesteps=timesteps)
+    return model
+
+
+def make_ppo(config: cfg.Config, oracle: bool = False, seed: int = 0) -> Any:
+    """An untrained stable-baselines3 PPO with the MAML policy's architecture (separate value network)."""
     from stable_baselines3 import PPO
 
     hidden = list(config.policy.hidden_sizes)
-    model = PPO(
+    return PPO(
         "MlpPolicy",
         make_training_env(config, oracle),
         policy_kwargs={"net_arch": {"pi": hidden, "vf": hidden},
@@ -75,8 +88,6 @@ def train_ppo(config: cfg.Config, timesteps: int, oracle: bool = False, seed: in
         device="cpu",
         verbose=0,
     )
-    model.learn(total_timesteps=timesteps)
-    return model
 
 
 def policy_from_ppo(model: Any, config: cfg.Config) -> GaussianMLPPolicy:
@@ -116,3 +127,73 @@ def _with_oracle(config: cfg.Config) -> cfg.Config:
 def gap_closed(maml: float, pretrained: float, oracle: float) -> float:
     """The fraction of the pretrained-to-oracle gap that MAML closes: ``(maml - pre) / (oracle - pre)``."""
     return (maml - pretrained) / (oracle - pretrained)
+
+
+def train_ppo_until_plateau(
+    config: cfg.Config, chunk: int, patience: int, max_timesteps: int, state_dir: Path, oracle: bool = False,
+    seed: int = 0, say: Callable[[str], None] = print,
+) -> tuple[Any, dict[str, Any]]:
+    """PPO trained in chunks of ``chunk`` env steps until its evaluated return stops improving.
+
+    After each chunk the policy is evaluated with the protocol of ``config.eval`` (without
+    adaptation); training stops after ``patience`` evaluations in a row that do not beat the best
+    one by more than its standard error over the test tasks, or at ``max_timesteps``. The best
+    evaluated policy is returned: for the oracle, the upper bound the gap fraction needs (chosen on
+    the test tasks, so if anything optimistic, which an upper bound may be).
+
+    Resumable: ``state_dir`` keeps the latest model, the best one and the curve after every chunk
+    (each written by rename), and a call with the same ``state_dir`` continues from them (the
+    environment's random state restarts, so the continuation is not bit-identical).
+
+    Returns:
+        The best model and ``{"curve": [{timesteps, mean_return, stderr, seconds}, ...],
+        "stopped": why, "timesteps": the best model's, "trained_timesteps", "seconds"}``.
+    """
+    from stable_baselines3 import PPO
+
+    if chunk < 1 or patience < 1 or max_timesteps < chunk:
+        raise cfg.ConfigError(f"plateau: need chunk >= 1, patience >= 1 and max timesteps >= chunk "
+                              f"(got {chunk}, {patience}, {max_timesteps})")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    latest, best_path, curve_path = state_dir / "latest.zip", state_dir / "best.zip", state_dir / "curve.json"
+    if latest.is_file() and curve_path.is_file():
+        model = PPO.load(latest, env=make_training_env(config, oracle), device="cpu")
+        curve = json.loads(curve_path.read_text())
+        say(f"continuing from {latest} at {model.num_timesteps} steps")
+    else:
+        model, curve = make_ppo(config, oracle, seed), []
+
+    def save(target: Path) -> None:
+        temporary = target.with_name(f".{target.stem}.{os.getpid()}.zip")
+        model.save(temporary)
+        os.replace(temporary, target)
+
+    def best_index() -> int:
+        return max(range(len(curve)), key=lambda i: curve[i]["mean_return"])
+
+    def stalled() -> bool:
+        """The last ``patience`` evaluations did not beat the best before them by its s.e."""
+        if len(curve) <= patience:
+            return False
+        before = curve[:-patience]
+        top = max(before, key=lambda p: p["mean_return"])
+        return all(p["mean_return"] <= top["mean_return"] + top["stderr"] for p in curve[-patience:])
+
+    stopped = "plateau" if stalled() else ""
+    while not stopped and model.num_timesteps < max_timesteps:
+        start = time.perf_counter()
+        model.learn(total_timesteps=min(chunk, max_timesteps - model.num_timesteps), reset_num_timesteps=False)
+        result = evaluate_policy(config, policy_from_ppo(model, config), oracle)
+        curve.append({"timesteps": int(model.num_timesteps), "mean_return": float(result["mean_return"][0]),
+                      "stderr": float(result["stderr"][0]), "seconds": time.perf_counter() - start})
+        if best_index() == len(curve) - 1:
+            save(best_path)
+        save(latest)
+        atomic_write_bytes(curve_path, lambda f: f.write(json.dumps(curve, indent=1).encode()))
+        say(f"{model.num_timesteps} steps: return {curve[-1]['mean_return']:.2f} ± {curve[-1]['stderr']:.2f}")
+        stopped = "plateau" if stalled() else ""
+    stopped = stopped or "max_timesteps"
+    best = curve[best_index()]
+    model = PPO.load(best_path, env=make_training_env(config, oracle), device="cpu")
+    return model, {"curve": curve, "stopped": stopped, "timesteps": best["timesteps"],
+                   "trained_timesteps": curve[-1]["timesteps"], "seconds": sum(p["seconds"] for p in curve)}

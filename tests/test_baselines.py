@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from metarl import config as cfg
-from metarl.baselines import TaskDistribution, gap_closed, make_training_env, policy_from_ppo, train_ppo
+from metarl.baselines import (
+    TaskDistribution,
+    gap_closed,
+    make_training_env,
+    policy_from_ppo,
+    train_ppo,
+    train_ppo_until_plateau,
+)
 from metarl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +100,30 @@ def test_baselines_script_writes_the_table(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
                            "policy.hidden_sizes=[4]", "--only", "random"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "only eval.* overrides" in proc.stderr
+
+
+def test_oracle_trains_until_its_return_stops_improving_and_resumes(tmp_path, monkeypatch):
+    import metarl.baselines as baselines
+
+    config = cheetah_config(**{"eval.num_tasks": 2, "eval.episodes_per_task": 1})
+    scores = iter([1.0, 3.0, 3.05, 2.0, 9.0])  # evaluated returns, s.e. 0.1: the 3rd and 4th do not beat 3.0 + 0.1
+    monkeypatch.setattr(baselines, "evaluate_policy",
+                        lambda config, policy, oracle: {"mean_return": [next(scores)], "stderr": [0.1]})
+    # Chunks of one PPO rollout (2048 steps, its smallest learn() unit)
+    model, training = train_ppo_until_plateau(config, chunk=2048, patience=2, max_timesteps=20480,
+                                              state_dir=tmp_path, oracle=True, say=lambda text: None)
+    assert [p["mean_return"] for p in training["curve"]] == [1.0, 3.0, 3.05, 2.0]
+    assert training["stopped"] == "plateau" and training["timesteps"] == 3 * 2048
+    assert training["trained_timesteps"] == 4 * 2048
+    assert (tmp_path / "best.zip").is_file() and (tmp_path / "latest.zip").is_file()
+    # Called again: it has stopped already, and returns the best model without training.
+    _, again = train_ppo_until_plateau(config, chunk=2048, patience=2, max_timesteps=20480, state_dir=tmp_path,
+                                       oracle=True, say=lambda text: None)
+    assert again["curve"] == training["curve"]
+    # A longer patience continues from the saved model and curve, here up to the most steps allowed.
+    _, longer = train_ppo_until_plateau(config, chunk=2048, patience=3, max_timesteps=5 * 2048, state_dir=tmp_path,
+                                        oracle=True, say=lambda text: None)
+    assert [p["timesteps"] for p in longer["curve"]] == [2048 * k for k in range(1, 6)]
+    assert longer["timesteps"] == 5 * 2048 and longer["stopped"] == "max_timesteps"
+    with pytest.raises(ValueError, match="plateau: need"):
+        train_ppo_until_plateau(config, chunk=0, patience=1, max_timesteps=10, state_dir=tmp_path)
