@@ -16,8 +16,10 @@ and the fixed overrides that a resume accepts may change (``run.iterations=N`` e
 any other change to the config or the fixed overrides is refused: that is another sweep (``--out``).
 
 A point that fails is reported with its error and does not stop the others; the exit code is 1 if
-any failed. Ctrl-C or SIGTERM is passed on once to every running run, which finishes its
-meta-iteration and checkpoints (rerun the command to continue); a second one stops them at once.
+any failed. A point still being trained by a process of an earlier sweep (one killed with SIGKILL,
+which cannot pass the signal on) is left alone and reported, never started twice. Ctrl-C or
+SIGTERM is passed on once to every running run, which finishes its meta-iteration and checkpoints
+(rerun the command to continue); a second one stops them at once.
 
 Cores: ``--jobs N`` runs at most N points at a time, and each gets ``cores / N`` threads for its
 simulator and for torch (``METARL_SIM_THREADS``, ``OMP_NUM_THREADS``; ``--threads`` sets another
@@ -425,6 +427,25 @@ class PointRun:
     started: float = 0.0
 
 
+def _pid_file(sweep: Sweep, point: Point) -> Path:
+    return sweep.path / "logs" / f"{point.name}.pid"
+
+
+def _owner(sweep: Sweep, point: Point) -> int | None:
+    """The process still training ``point`` from an earlier sweep (one killed without passing on a
+    signal leaves its runs going), or None. Local runs only: a Ray task's process is elsewhere."""
+    try:
+        pid = int(_pid_file(sweep, point).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:  # the pid may have been reused by another program since
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return pid
+    return pid if point.name in command and "metarl" in command else None
+
+
 def _last_error(log: Path) -> str:
     """The line of a run's log that says what went wrong (its last error line, else its last line)."""
     try:
@@ -457,7 +478,12 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
     say = (lambda text: None) if quiet else tqdm.write
     for run in runs:
         foreign = foreign_run(sweep.run_dir(run.point), sweep.config(run.point))
-        if foreign:
+        owner = _owner(sweep, run.point)
+        if owner:
+            run.status, run.error = "busy", (f"still running in process {owner} (an earlier sweep's, which "
+                                             "stopped without it); rerun once it has ended")
+            say(f"{run.point.name}: {run.error}")
+        elif foreign:
             run.status, run.error = "failed", (f"{sweep.run_dir(run.point)} holds another run ({foreign}); "
                                                "move it away or give another --out")
             say(f"{run.point.name}: {run.error}")
@@ -504,6 +530,8 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
                     f.write(f"\n# {datetime.now():%Y-%m-%d %H:%M:%S} {' '.join(command)}\n")
                 run.handle, run.started, run.status = launcher.start(command, log, run.point), time.monotonic(), \
                     "running"
+                if isinstance(run.handle, subprocess.Popen):
+                    _pid_file(sweep, run.point).write_text(str(run.handle.pid))
                 counted[run.point.name] = run.done
                 running.append(run)
             if stop["signals"] and not running:
@@ -518,6 +546,7 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
                 if code is None:
                     continue
                 running.remove(run)
+                _pid_file(sweep, run.point).unlink(missing_ok=True)
                 run.exit_code, run.seconds = code, time.monotonic() - run.started
                 if code == 0:
                     run.status = "finished"
@@ -549,7 +578,7 @@ def format_summary(runs: list[PointRun]) -> str:
     lines = []
     for r in runs:
         detail = {"finished": f"{r.seconds / 60:.1f} min", "skipped": "finished before", "failed":
-                  f"exit {r.exit_code}: {r.error}", "interrupted": "checkpointed; rerun to continue",
+                  f"exit {r.exit_code}: {r.error}", "interrupted": "checkpointed; rerun to continue", "busy": r.error,
                   "pending": "not started"}.get(r.status, "")
         lines.append(f"{r.point.name.ljust(width)}  {r.status:<11}  {detail}")
     return "\n".join(lines)
@@ -577,7 +606,7 @@ def cmd_sweep(args: Any) -> int:
     if any(r.status in ("interrupted", "pending") for r in runs):
         print("stopped: rerun the same command to continue", file=sys.stderr)
         return 128 + signal.SIGINT
-    return 1 if any(r.status == "failed" for r in runs) else 0
+    return 1 if any(r.status in ("failed", "busy") for r in runs) else 0
 
 
 def add_arguments(p: Any) -> None:

@@ -166,3 +166,25 @@ def test_an_edited_config_file_is_another_sweep_but_a_new_comment_is_not(tmp_pat
     config.write_text(config.read_text().replace("inner_lr: 0.1", "inner_lr: 0.2"))
     with pytest.raises(ConfigError, match="maml.inner_lr in"):
         Sweep.open(out, config, ["run.iterations=7"], {"run.seed": ["0"]})
+
+
+def test_a_run_left_going_by_a_killed_sweep_is_never_started_twice(tmp_path, tiny_run_args):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_run_args if not a.startswith(("run.output_dir=", "run.iterations="))]
+    command = ["sweep", QUICK, *args, "run.iterations=100000", "run.seed=0", "--out", str(out), "--quiet"]
+    sweep = subprocess.Popen([sys.executable, "-m", "metarl.cli", *command], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    pid_file = out / "logs" / "run.pid"
+    deadline = time.monotonic() + 120
+    while not (out / "run" / "metrics.jsonl").is_file():
+        assert time.monotonic() < deadline and sweep.poll() is None
+        time.sleep(0.5)
+    sweep.kill()  # SIGKILL: the sweep cannot pass it on, its run goes on
+    sweep.wait()
+    orphan = int(pid_file.read_text())
+    try:
+        assert main(command) == 1
+        point = _summary(out)["run"]
+        assert point["status"] == "busy" and f"process {orphan}" in point["error"]
+    finally:
+        os.kill(orphan, signal.SIGKILL)
