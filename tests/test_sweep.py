@@ -71,6 +71,7 @@ def test_sweep_runs_skips_extends_and_reports_failures(tmp_path, tiny_run_args, 
         run = out / f"seed-{seed}"
         assert (run / "eval.json").is_file() and len(read_metrics(run)) == 2
         assert f"seed: {seed}" in (run / "config.yaml").read_text()
+        assert "group: sweep" in (run / "config.yaml").read_text()  # one wandb group per sweep
         assert (out / "logs" / f"seed-{seed}.log").is_file()
     recorded = json.loads((out / "sweep.json").read_text())
     assert recorded["axes"] == {"run.seed": ["0", "1"]} and "run.iterations=2" in recorded["fixed"]
