@@ -151,21 +151,34 @@ def _baselines(members: list[RunResult], shared: dict[str, Any] | None) -> tuple
     return pretrained, oracle, "--baselines" if shared else f"baselines.json of {len(sources)} run(s)"
 
 
-def training_band(members: list[RunResult], key: str, reps: int, seed: int) -> dict[str, list[float]] | None:
-    """Mean over runs of ``key`` per meta-iteration, with a 95% bootstrap band (whole runs resampled)."""
-    length = min(len(r.metrics) for r in members)
-    if length == 0:
+#: What the training curves can be drawn against (a metrics.jsonl column each).
+TRAINING_AXES = {"iteration": "meta-iteration", "wall_time": "wall-clock seconds", "total_env_steps": "env steps"}
+
+
+def training_band(members: list[RunResult], key: str, reps: int, seed: int, x: str = "iteration",
+                  points: int = 100) -> dict[str, list[float]] | None:
+    """Mean over runs of ``key`` against ``x``, with a 95% bootstrap band (whole runs resampled).
+    Against meta-iterations the runs share their x; against seconds or env steps each run's curve
+    is interpolated onto ``points`` values up to where the shortest run ends."""
+    if any(not r.metrics for r in members):
         return None
-    curves = np.array([[m[key] for m in r.metrics[:length]] for r in members], dtype=np.float64)
+    if x == "iteration":
+        length = min(len(r.metrics) for r in members)
+        grid = np.array([m["iteration"] for m in members[0].metrics[:length]], dtype=np.float64)
+        curves = np.array([[m[key] for m in r.metrics[:length]] for r in members], dtype=np.float64)
+    else:
+        end = min(r.metrics[-1][x] for r in members)
+        grid = np.linspace(max(r.metrics[0][x] for r in members), end, points)
+        curves = np.array([np.interp(grid, [m[x] for m in r.metrics], [m[key] for m in r.metrics])
+                           for r in members])
     rng = np.random.default_rng(seed)
     picks = curves[rng.integers(0, len(members), size=(reps, len(members)))].mean(axis=1)
     low, high = np.percentile(picks, [2.5, 97.5], axis=0)
-    return {"iteration": [m["iteration"] for m in members[0].metrics[:length]], "mean": curves.mean(0).tolist(),
-            "low": low.tolist(), "high": high.tolist()}
+    return {"x": grid.tolist(), "mean": curves.mean(0).tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
 def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: dict[str, Any] | None = None,
-                 paper: str | None = None, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+                 paper: str | None = None, reps: int = 2000, seed: int = 0, x: str = "iteration") -> dict[str, Any]:
     """Everything ``report.json`` holds (see the module docstring)."""
     per_task = check_protocol(runs)
     groups = group_runs(runs, by)
@@ -174,16 +187,17 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
     reference = paper_results(paper).get("MAML") if paper and paper != "none" else None
     out: dict[str, Any] = {"env": env_id, "strata": "test tasks" if per_task else "runs", "reps": reps,
                            "num_test_tasks": len(runs[0].eval["per_task_returns"][0]) if per_task else None,
-                           "paper_env": paper if reference else None, "groups": [], "improvement": []}
+                           "paper_env": paper if reference else None, "training_x": x, "groups": [],
+                           "improvement": []}
     steps = min(len(r.eval["mean_return"]) for r in runs)
     for label, members in groups.items():
         group: dict[str, Any] = {"label": label, "runs": [str(r.path) for r in members],
                                  "seeds": sorted(r.seed for r in members), "steps": list(range(steps)),
                                  "mean": [], "iqm": []}
         for k in range(steps):
-            x = scores(members, k, per_task)
-            group["mean"].append(stats.interval(x, stats.mean, reps, seed).as_dict())
-            group["iqm"].append(stats.interval(x, stats.iqm, reps, seed).as_dict())
+            returns = scores(members, k, per_task)
+            group["mean"].append(stats.interval(returns, stats.mean, reps, seed).as_dict())
+            group["iqm"].append(stats.interval(returns, stats.iqm, reps, seed).as_dict())
         found = _baselines(members, baselines)
         if found and steps > 1:
             pretrained, oracle, source = found
@@ -196,7 +210,7 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
                                "in_interval": stats.Estimate(**group["mean"][k]).contains(means[k]),
                                "in_seed_range": min(group["run_means"][k]) <= means[k] <= max(group["run_means"][k])}
                               for k in range(min(steps, len(means)))]
-        group["training"] = {key: training_band(members, key, reps, seed) for key in ("pre_return", "post_return")}
+        group["training"] = {key: training_band(members, key, reps, seed, x) for key in ("pre_return", "post_return")}
         out["groups"].append(group)
     labels = list(groups)
     for a, b in itertools.permutations(labels, 2):
@@ -286,16 +300,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
         for key, style in (("post_return", "-"), ("pre_return", "--")):
             band = g["training"].get(key)
             if band:
-                right.plot(band["iteration"], band["mean"], style, color=color,
+                right.plot(band["x"], band["mean"], style, color=color,
                            label=f"{g['label']}, {'after' if key == 'post_return' else 'before'} adaptation")
-                right.fill_between(band["iteration"], band["low"], band["high"], color=color, alpha=0.15)
+                right.fill_between(band["x"], band["low"], band["high"], color=color, alpha=0.15)
         if i == 0 and "paper" in g:
             left.errorbar([p["step"] for p in g["paper"]], [p["mean"] for p in g["paper"]],
                           yerr=[p["stderr"] for p in g["paper"]], fmt="s:", color="black", capsize=3,
                           label=f"MAML paper ({report['paper_env']}), ± s.e.")
     left.set(xlabel="adaptation steps", ylabel="return", title=f"{report['env']}: adaptation (95% interval)")
     left.set_xticks(report["groups"][0]["steps"])
-    right.set(xlabel="meta-iteration", ylabel="return", title="training (95% band over seeds)")
+    right.set(xlabel=TRAINING_AXES[report["training_x"]], ylabel="return", title="training (95% band over seeds)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -318,7 +332,7 @@ def cmd_report(args: Any) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--baselines {path}: no such file")
         shared = json.loads(path.read_text())
-    report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps)
+    report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps, x=args.x)
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1
                                             and (Path(args.paths[0]) / "sweep.json").is_file() else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
@@ -343,3 +357,6 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--paper", metavar="ENV", help="the MAML paper's env to compare with (point, cheetah, "
                    "cheetahdirec, ant, antdirec; 'none' for no comparison; default: from the env id)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--x", choices=list(TRAINING_AXES), default="iteration",
+                   help="what the training curves are drawn against: meta-iterations (default), wall-clock "
+                   "seconds (to compare methods at equal time) or env steps")

@@ -19,7 +19,8 @@ def fake_run(root, name, seed, returns, overrides=(), baselines=None, tasks=TASK
     path.mkdir(parents=True)
     config = cfg.load(None, [f"run.seed={seed}", f"run.name={name}", f"run.output_dir={root}", *overrides])
     (path / "config.yaml").write_text(cfg.dumps(config))
-    lines = [{"iteration": i, "pre_return": -10.0 + i + seed, "post_return": -5.0 + i + seed} for i in range(3)]
+    lines = [{"iteration": i, "pre_return": -10.0 + i + seed, "post_return": -5.0 + i + seed,
+              "wall_time": i * (seed + 1)} for i in range(3)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     returns = np.asarray(returns, dtype=float)
     (path / "eval.json").write_text(json.dumps({
@@ -66,6 +67,13 @@ def test_report_groups_by_the_setting_that_differs_and_computes_the_intervals(tm
     assert trpo["run_means"][1] == pytest.approx([data["trpo", s][1].mean() for s in range(3)])
     assert (out / "report.png").stat().st_size > 10_000
     assert trpo["training"]["post_return"]["mean"] == [-4.0, -3.0, -2.0]  # seeds 0, 1, 2 shift by 0, 1, 2
+    # Against wall-clock time the curves are interpolated onto one grid, up to the shortest run.
+    assert main(["report", str(runs), "--out", str(out), "--reps", "200", "--x", "wall_time"]) == 0
+    band = json.loads((out / "report.json").read_text())["groups"][1]["training"]["post_return"]
+    assert band["x"][0] == 0.0 and band["x"][-1] == 2.0 and len(band["x"]) == 100
+    # Seed s reaches iteration t / (s + 1) at time t: the mean is -4 + (1 + 1/2 + 1/3) t / 3.
+    for k in (0, 50, 99):
+        assert band["mean"][k] == pytest.approx(-4.0 + 11 / 18 * band["x"][k])
 
     # --by keeps one group; the same seed twice in a group is refused.
     assert main(["report", str(runs), "--by", "env.id", "--out", str(out)]) == 2
