@@ -92,7 +92,7 @@ def _ignored(key: str) -> bool:
 
 
 def _value_text(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
 
 
 def group_runs(runs: list[RunResult], by: list[str] | None) -> dict[str, list[RunResult]]:
@@ -106,9 +106,12 @@ def group_runs(runs: list[RunResult], by: list[str] | None) -> dict[str, list[Ru
         keys = list(by)
     else:
         keys = [k for k in keys if not _ignored(k) and len({_value_text(r.flat.get(k)) for r in runs}) > 1]
+    leaves = [k.rpartition(".")[2] for k in keys]
+    names = [leaf if leaves.count(leaf) == 1 else k for k, leaf in zip(keys, leaves, strict=True)]
     groups: dict[str, list[RunResult]] = {}
     for run in runs:
-        label = ", ".join(f"{k}={_value_text(run.flat.get(k))}" for k in keys) or run.flat["env.id"].split("/")[-1]
+        label = (", ".join(f"{name}={_value_text(run.flat.get(k))}" for k, name in zip(keys, names, strict=True))
+                 or run.flat["env.id"].split("/")[-1])
         groups.setdefault(label, []).append(run)
     for label, members in groups.items():
         seeds = [r.seed for r in members]
@@ -178,7 +181,8 @@ def training_band(members: list[RunResult], key: str, reps: int, seed: int, x: s
 
 
 def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: dict[str, Any] | None = None,
-                 paper: str | None = None, reps: int = 2000, seed: int = 0, x: str = "iteration") -> dict[str, Any]:
+                 paper: str | None = None, reps: int = 2000, seed: int = 0, x: str = "iteration",
+                 pairs: str = "all") -> dict[str, Any]:
     """Everything ``report.json`` holds (see the module docstring)."""
     per_task = check_protocol(runs)
     groups = group_runs(runs, by)
@@ -213,8 +217,8 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
         group["training"] = {key: training_band(members, key, reps, seed, x) for key in ("pre_return", "post_return")}
         out["groups"].append(group)
     labels = list(groups)
-    for a, b in itertools.permutations(labels, 2):
-        if labels.index(a) > labels.index(b):
+    for a, b in itertools.combinations(labels, 2):
+        if pairs == "first" and a != labels[0]:
             continue
         for k in range(steps):
             estimate = stats.improvement(scores(groups[a], k, per_task), scores(groups[b], k, per_task), reps, seed)
@@ -332,7 +336,8 @@ def cmd_report(args: Any) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--baselines {path}: no such file")
         shared = json.loads(path.read_text())
-    report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps, x=args.x)
+    report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps, x=args.x,
+                          pairs=args.pairs)
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1
                                             and (Path(args.paths[0]) / "sweep.json").is_file() else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +362,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--paper", metavar="ENV", help="the MAML paper's env to compare with (point, cheetah, "
                    "cheetahdirec, ant, antdirec; 'none' for no comparison; default: from the env id)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--pairs", choices=("all", "first"), default="all",
+                   help="probability of improvement for every pair of groups (default), or of the first group "
+                   "against each other one")
     p.add_argument("--x", choices=list(TRAINING_AXES), default="iteration",
                    help="what the training curves are drawn against: meta-iterations (default), wall-clock "
                    "seconds (to compare methods at equal time) or env steps")

@@ -46,7 +46,7 @@ def test_report_groups_by_the_setting_that_differs_and_computes_the_intervals(tm
     out = tmp_path / "report"
     assert main(["report", str(runs), "--out", str(out), "--reps", "500"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert [g["label"] for g in report["groups"]] == ["maml.outer=promp", "maml.outer=trpo"]
+    assert [g["label"] for g in report["groups"]] == ["outer=promp", "outer=trpo"]
     trpo = report["groups"][1]
     assert trpo["seeds"] == [0, 1, 2] and report["strata"] == "test tasks" and report["num_test_tasks"] == 4
     x = np.stack([data["trpo", s][1] for s in range(3)])
@@ -54,7 +54,7 @@ def test_report_groups_by_the_setting_that_differs_and_computes_the_intervals(tm
     assert trpo["iqm"][1]["value"] == pytest.approx(stats.iqm(x))
     # promp is 100 lower everywhere: it never beats trpo.
     assert {(r["x"], r["y"], r["value"]) for r in report["improvement"]} == {
-        ("maml.outer=promp", "maml.outer=trpo", 0.0)}
+        ("outer=promp", "outer=trpo", 0.0)}
     # The paper's 2D-navigation MAML figures are beside ours, flagged by our interval.
     means, _ = paper_results("point")["MAML"]
     assert report["paper_env"] == "point"
@@ -63,7 +63,7 @@ def test_report_groups_by_the_setting_that_differs_and_computes_the_intervals(tm
         ours = trpo["mean"][row["step"]]
         assert row["in_interval"] == (ours["low"] <= row["mean"] <= ours["high"])
     text = (out / "report.md").read_text()
-    assert "| maml.outer=trpo | 3 |" in text and "| MAML paper |" in text
+    assert "| outer=trpo | 3 |" in text and "| MAML paper |" in text
     assert trpo["run_means"][1] == pytest.approx([data["trpo", s][1].mean() for s in range(3)])
     assert (out / "report.png").stat().st_size > 10_000
     assert trpo["training"]["post_return"]["mean"] == [-4.0, -3.0, -2.0]  # seeds 0, 1, 2 shift by 0, 1, 2
@@ -74,6 +74,15 @@ def test_report_groups_by_the_setting_that_differs_and_computes_the_intervals(tm
     # Seed s reaches iteration t / (s + 1) at time t: the mean is -4 + (1 + 1/2 + 1/3) t / 3.
     for k in (0, 50, 99):
         assert band["mean"][k] == pytest.approx(-4.0 + 11 / 18 * band["x"][k])
+
+    # A third setting: every pair, or the first group against each other one.
+    for seed in range(2):
+        fake_run(runs, f"adam-{seed}", seed, _returns(seed + 20, -50.0), ["maml.outer=adam"])
+    assert main(["report", str(runs), "--out", str(out), "--reps", "200"]) == 0
+    assert len(json.loads((out / "report.json").read_text())["improvement"]) == 3 * 3
+    assert main(["report", str(runs), "--out", str(out), "--reps", "200", "--pairs", "first"]) == 0
+    rows = json.loads((out / "report.json").read_text())["improvement"]
+    assert {(r["x"], r["y"]) for r in rows} == {("outer=adam", "outer=promp"), ("outer=adam", "outer=trpo")}
 
     # --by keeps one group; the same seed twice in a group is refused.
     assert main(["report", str(runs), "--by", "env.id", "--out", str(out)]) == 2
