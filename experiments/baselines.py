@@ -2,7 +2,7 @@
 
     python experiments/baselines.py RUN_DIR [eval.key=value ...] [--timesteps 1000000]
                                     [--oracle-timesteps N] [--seed 0] [--only random pretrained oracle]
-                                    [--oracle-plateau [--chunk 250000] [--patience 3]]
+                                    [--oracle-plateau [--chunk 250000] [--patience 3]] [--out DIR]
 
 RUN_DIR is a `metarl train` run (its eval.json is the MAML row; a baseline may start before the
 run has finished, the table then gains the MAML row from whichever baseline writes last). The baselines use the run's
@@ -10,7 +10,8 @@ env, policy architecture and evaluation config (metarl/baselines.py): pretrained
 stable-baselines3 PPO for --timesteps env steps each (--oracle-timesteps for the oracle, whose
 task-conditioned policy needs longer to become the upper bound; --oracle-plateau trains it until
 its evaluated return stops improving, at most --oracle-timesteps, and records the curve and the
-time it took). Writes RUN_DIR/baselines.json,
+time it took). Writes RUN_DIR/baselines.json (or OUT/ with --out: e.g. a sweep directory, for
+baselines trained once per family and shared by its seeds in `metarl report`),
 baselines.md (the paper-style table: return after 0..K steps, mean +- s.e. over the test tasks, and
 the fraction of the pretrained-to-oracle gap MAML closes after one step) and baselines.png.
 --only computes some baselines and keeps the others found in baselines.json when it writes it
@@ -70,7 +71,7 @@ def main() -> int:
                         "with --oracle-plateau the most it may take")
     parser.add_argument("--oracle-plateau", action="store_true",
                         help="train the oracle in chunks until its evaluated return stops improving (resumable: "
-                        "RUN_DIR/baselines_state/oracle-sSEED keeps the models and the curve)")
+                        "OUT/baselines_state/oracle-sSEED keeps the models and the curve)")
     parser.add_argument("--chunk", type=int, default=250_000, help="with --oracle-plateau: env steps between "
                         "evaluations (default 250000)")
     parser.add_argument("--patience", type=int, default=3, help="with --oracle-plateau: evaluations in a row "
@@ -78,6 +79,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS),
                         help="baselines to compute; the others are kept from baselines.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init and of PPO")
+    parser.add_argument("--out", type=Path, help="folder for baselines.json/.md/.png and the oracle's state "
+                        "(default RUN_DIR); e.g. a sweep directory, whose baselines `metarl report` then uses for "
+                        "every seed (baselines that do not depend on the MAML seed, trained once per family)")
     parser.add_argument("--skip-oracle", action="store_true", help="for envs without an oracle option")
     parser.add_argument("overrides", nargs="*", metavar="eval.key=value", help="evaluation protocol overrides")
     args = parser.parse_args()
@@ -88,6 +92,8 @@ def main() -> int:
         print(f"baselines: error: {exc}", file=sys.stderr)
         return 2
     oracle_timesteps = args.oracle_timesteps or args.timesteps
+    out = args.out or args.run_dir
+    out.mkdir(parents=True, exist_ok=True)
     results = {}
     seed_everything(args.seed)
     probe = make_training_env(config)
@@ -105,7 +111,7 @@ def main() -> int:
             results["pretrained"] = {**evaluate_policy(config, policy_from_ppo(ppo, config)),
                                      "timesteps": args.timesteps, "seed": args.seed}
         elif args.oracle_plateau:
-            state = args.run_dir / "baselines_state" / f"oracle-s{args.seed}"
+            state = out / "baselines_state" / f"oracle-s{args.seed}"
             ppo, training = train_ppo_until_plateau(config, args.chunk, args.patience, oracle_timesteps, state,
                                                     oracle=True, seed=args.seed, say=lambda t: print(f"oracle: {t}"))
             results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),
@@ -117,7 +123,7 @@ def main() -> int:
             results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),
                                  "timesteps": oracle_timesteps, "seed": args.seed}
     # Read now: the MAML run or another --only run may have written since the start.
-    path, maml_path = args.run_dir / "baselines.json", args.run_dir / "eval.json"
+    path, maml_path = out / "baselines.json", args.run_dir / "eval.json"
     kept = json.loads(path.read_text()) if path.is_file() else {}
     maml = {"MAML": json.loads(maml_path.read_text())} if maml_path.is_file() else {}
     results = {**maml, **{m: results.get(m, kept.get(m)) for m in METHODS if m in results or m in kept}}
@@ -139,8 +145,8 @@ def main() -> int:
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(results, indent=1))
     temporary.replace(path)
-    (args.run_dir / "baselines.md").write_text(text + "\n")
-    plot_adaptation_curves(results, args.run_dir / "baselines.png", title=config.env.id)
+    (out / "baselines.md").write_text(text + "\n")
+    plot_adaptation_curves(results, out / "baselines.png", title=config.env.id)
     print(text)
     return 0
 

@@ -151,7 +151,7 @@ def _baselines(members: list[RunResult], shared: dict[str, Any] | None) -> tuple
         return None
     pretrained = float(np.mean([b["pretrained"]["mean_return"][1] for b in sources]))
     oracle = float(np.mean([b["oracle"]["mean_return"][0] for b in sources]))
-    return pretrained, oracle, "--baselines" if shared else f"baselines.json of {len(sources)} run(s)"
+    return pretrained, oracle, "one file for all seeds" if shared else f"baselines.json of {len(sources)} run(s)"
 
 
 #: What the training curves can be drawn against (a metrics.jsonl column each).
@@ -336,6 +336,9 @@ def cmd_report(args: Any) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--baselines {path}: no such file")
         shared = json.loads(path.read_text())
+    elif len(args.paths) == 1 and (Path(args.paths[0]) / "baselines.json").is_file() \
+            and not _is_run(Path(args.paths[0])):
+        shared = json.loads((Path(args.paths[0]) / "baselines.json").read_text())  # a sweep's, for every seed
     report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps, x=args.x,
                           pairs=args.pairs)
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1
@@ -358,7 +361,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--out", help="where report.md, report.json and report.png go (default: the sweep directory "
                    "when one is given, else ./report)")
     p.add_argument("--baselines", metavar="FILE", help="a baselines.json (experiments/baselines.py) for every "
-                   "group's gap fraction (default: each run's own baselines.json)")
+                   "group's gap fraction (default: the sweep directory's baselines.json when one sweep is given, "
+                   "else each run's own)")
     p.add_argument("--paper", metavar="ENV", help="the MAML paper's env to compare with (point, cheetah, "
                    "cheetahdirec, ant, antdirec; 'none' for no comparison; default: from the env id)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")

@@ -100,6 +100,13 @@ def test_baselines_script_writes_the_table(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
                            "policy.hidden_sizes=[4]", "--only", "random"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "only eval.* overrides" in proc.stderr
+    # --out: baselines for a whole family (a sweep directory), the run only gives the config.
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
+                           "--only", "random", "--out", str(tmp_path / "family")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    family = json.loads((tmp_path / "family" / "baselines.json").read_text())
+    assert set(family) == {"MAML", "random"} and (tmp_path / "family" / "baselines.md").is_file()
 
 
 def test_oracle_trains_until_its_return_stops_improving_and_resumes(tmp_path, monkeypatch):

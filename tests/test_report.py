@@ -103,6 +103,11 @@ def test_gap_fraction_from_a_shared_baselines_file(tmp_path):
     assert gap["low"] == pytest.approx((4.0 - 2.0) / 8.0) and gap["high"] == pytest.approx((6.0 - 2.0) / 8.0)
     assert report["paper_env"] is None and "paper" not in report["groups"][0]
     assert "Fraction of the pretrained-to-oracle gap" in (tmp_path / "r" / "report.md").read_text()
+    # A sweep directory's own baselines.json (trained once for the family) is used without --baselines.
+    baselines.rename(runs / "baselines.json")
+    assert main(["report", str(runs), "--out", str(tmp_path / "r"), "--paper", "none"]) == 0
+    gap = json.loads((tmp_path / "r" / "report.json").read_text())["groups"][0]["gap"]
+    assert gap["source"] == "one file for all seeds"
 
 
 def test_runs_evaluated_differently_are_not_pooled(tmp_path, capsys):
