@@ -98,6 +98,10 @@ class MAMLConfig:
     outer: str = "trpo"
     """Meta-update: trpo (the paper's), promp (PPO-clipped objective with an inner KL penalty and
     several Adam epochs, section ppo) or adam (one Adam step on the meta-loss, ppo.lr)."""
+    emaml: bool = False
+    """E-MAML (Stadie et al., 2018): also credit the pre-update episodes with the return after
+    adaptation (a score-function term on them, weighted per task by the standardised
+    post-adaptation reward, as ProMP's code computes it); with any outer update and inner loss."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 1.0

@@ -200,12 +200,46 @@ def surrogate_loss(log_prob_new: Tensor, log_prob_old: Tensor, advantages: Tenso
     return -masked_mean(torch.exp(log_prob_new - log_prob_old) * advantages, mask)
 
 
+def exploration_weights(valid: Episodes, eps: float = 1e-8) -> Tensor:
+    """E-MAML's credit per task, ``[T]``: the post-adaptation rewards standardised over every valid
+    step of the meta-batch, ``(r - mu) / (sigma + eps)``, averaged over the task's valid steps.
+    (How ProMP's code weights E-MAML's term; a task whose adapted policy did better than the batch
+    gets a positive weight.)"""
+    mask = valid.mask
+    count = mask.sum().clamp_min(1.0)
+    mu = (valid.rewards * mask).sum() / count
+    sigma = torch.sqrt((((valid.rewards - mu) * mask) ** 2).sum() / count)
+    return masked_mean((valid.rewards - mu) / (sigma + eps), mask)
+
+
+def exploration_loss(policy: GaussianMLPPolicy, theta: Params, batch: MetaBatch) -> Tensor:
+    """E-MAML's exploration term per task, ``-w_T mean_t log pi_theta(a_t | s_t)`` over the pre-update
+    episodes (the first inner batch, sampled with ``theta``), ``[T]``; ``w`` are the batch's
+    :attr:`MetaBatch.exploration` weights.
+
+    MAML differentiates the post-adaptation return only through the adapted parameters. The
+    return also depends on ``theta`` through the distribution of the pre-update episodes the
+    adaptation used: ``grad J = E[grad_theta theta' ... ] + E[R(tau') grad log pi_theta(tau)]``.
+    E-MAML (Stadie et al., 2018, "Some Considerations on Learning to Explore via Meta-Reinforcement
+    Learning") adds that second, score-function term, which credits the pre-update (exploration)
+    behaviour with the return after adaptation. As in ProMP's implementation the return is the
+    standardised post-adaptation reward of the task (:func:`exploration_weights`) and the score
+    the mean log-likelihood of its pre-update steps.
+    """
+    pre = batch.train[0]
+    log_prob = log_probs(policy, expand_params(theta, pre.num_tasks), pre)
+    return -batch.exploration * masked_mean(log_prob, pre.mask)
+
+
 @dataclass
 class MetaBatch:
-    """Everything a meta-update needs: per inner step the episodes adapted on, and the validation episodes."""
+    """Everything a meta-update needs: per inner step the episodes adapted on, and the validation
+    episodes; with E-MAML also the per-task weights of the exploration term."""
 
     train: list[Episodes]
     valid: Episodes
+    #: E-MAML's per-task weights (:func:`exploration_weights` of the whole meta-batch), or None (MAML).
+    exploration: Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -213,11 +247,16 @@ class MetaBatch:
 
     def task_slice(self, start: int, stop: int) -> MetaBatch:
         """The same batch restricted to tasks ``start:stop``."""
-        return MetaBatch([e.task_slice(start, stop) for e in self.train], self.valid.task_slice(start, stop))
+        return MetaBatch([e.task_slice(start, stop) for e in self.train], self.valid.task_slice(start, stop),
+                         None if self.exploration is None else self.exploration[start:stop])
 
     def pack(self) -> MetaBatch:
         """Every batch packed (:meth:`Episodes.pack`): the meta-update then pays for valid steps only."""
-        return MetaBatch([e.pack() for e in self.train], self.valid.pack())
+        return MetaBatch([e.pack() for e in self.train], self.valid.pack(), self.exploration)
+
+    def with_exploration(self) -> MetaBatch:
+        """The batch with E-MAML's weights, standardised over all of its tasks."""
+        return MetaBatch(self.train, self.valid, exploration_weights(self.valid))
 
 
 @dataclass
@@ -250,6 +289,8 @@ def _meta_objective(
     log_prob = _log_prob(mean, std, valid)
     old_mean, old_std, old_log_prob = old
     loss = surrogate_loss(log_prob, old_log_prob, _advantages(valid), valid.mask).mean()
+    if batch.exploration is not None:
+        loss = loss + exploration_loss(policy, theta, batch).mean()
     kl = task_kls(old_mean, old_std, mean, std, valid).mean()
     return loss, kl
 
@@ -376,7 +417,15 @@ def _meta_problem(
                                      retain_graph=True)
         return jacobian.vjp(list(fisher))
 
-    return _MetaProblem(loss.detach(), jacobian.vjp(list(loss_grad)), product, old)
+    gradient = jacobian.vjp(list(loss_grad))
+    if batch.exploration is not None:  # E-MAML: theta's direct part, no curvature (the KL bound is unchanged)
+        shared = {name: p.detach().requires_grad_() for name, p in theta.items()}
+        with torch.enable_grad():
+            explore = exploration_loss(policy, shared, batch).sum()
+            direct = torch.autograd.grad(explore, list(shared.values()))
+        gradient = [g + d for g, d in zip(gradient, direct, strict=False)] + gradient[len(direct):]
+        loss = loss + explore
+    return _MetaProblem(loss.detach(), gradient, product, old)
 
 
 #: Default group size of the meta-update, in sampled steps: tasks are stacked in groups of about this
@@ -403,6 +452,7 @@ def trpo_meta_step(
     tasks_per_group: int | None = None,
     inner_loss: str = "vpg",
     cg_subsample: float = 1.0,
+    emaml: bool = False,
 ) -> TRPOStats:
     """One TRPO meta-update of ``policy``'s parameters in place (see the module docstring).
 
@@ -418,8 +468,14 @@ def trpo_meta_step(
     only (the tasks are drawn independently, so any fixed subset is a uniform one), as rllab's
     conjugate-gradient optimiser could: the curvature products, most of the update's time, get that
     much cheaper, while the gradient and the line search (loss decrease, KL bound) use every task.
+
+    ``emaml`` adds E-MAML's exploration term (:func:`exploration_loss`) to the objective: its
+    gradient joins the meta-gradient and its value the line search's loss; the trust region stays
+    the post-adaptation KL.
     """
     check_inner_loss(inner_loss)
+    if emaml:
+        batch = batch.with_exploration()
     num_tasks = batch.num_tasks
     size = tasks_per_group or default_tasks_per_group(batch)
     if size < 1:
@@ -522,6 +578,7 @@ def ppo_meta_step(
     epochs: int = 5,
     clip: float | None = 0.2,
     inner_kl_coef: float = 0.0,
+    emaml: bool = False,
 ) -> PPOStats:
     """Gradient-based meta-update: ``epochs`` optimizer steps on the post-adaptation objective,
     differentiated through the adaptation each epoch.
@@ -530,9 +587,12 @@ def ppo_meta_step(
     against the sampling policy), the LVC inner loss and ``inner_kl_coef * KL(pi_old || pi_theta)`` on
     the pre-update episodes; plain meta-gradient descent is ``clip=None``, no penalty, one epoch.
     Losses are means over tasks (of masked means over steps). Meta-SGD step sizes are trained by
-    ``optimizer`` too when it holds them.
+    ``optimizer`` too when it holds them. ``emaml`` adds E-MAML's exploration term
+    (:func:`exploration_loss`) to the loss.
     """
     check_inner_loss(inner_loss)
+    if emaml:
+        batch = batch.with_exploration()
     theta = policy.parameters_dict()
     valid, pre = batch.valid, batch.train[0]
     with torch.no_grad():
@@ -550,6 +610,8 @@ def ppo_meta_step(
         if clip is not None:
             gain = torch.minimum(gain, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
         loss = -masked_mean(gain, valid.mask).mean()
+        if batch.exploration is not None:
+            loss = loss + exploration_loss(policy, theta, batch).mean()
         kl = task_kls(old_mean, old_std, mean, std, valid).mean()
         pre_mean, pre_std = policy_outputs(policy, expand_params(theta, pre.num_tasks), pre)
         inner_kl = task_kls(old_pre_mean, old_pre_std, pre_mean, pre_std, pre).mean()

@@ -36,6 +36,7 @@ class OuterUpdate(ABC):
 
     def __init__(self, config: cfg.Config):
         self.first_order, self.inner_loss = config.maml.first_order, config.maml.inner_loss
+        self.emaml = config.maml.emaml
 
     @abstractmethod
     def step(self, policy: GaussianMLPPolicy, batch: MetaBatch, inner_step_size: StepSize) -> dict[str, Any]:
@@ -66,7 +67,7 @@ class TRPOUpdate(OuterUpdate):
             policy, batch, inner_step_size, first_order=self.first_order, max_kl=trpo.max_kl, cg_iters=trpo.cg_iters,
             cg_damping=trpo.cg_damping, line_search_steps=trpo.line_search_steps,
             backtrack_ratio=trpo.backtrack_ratio, tasks_per_group=trpo.tasks_per_group or None,
-            cg_subsample=trpo.cg_subsample,
+            cg_subsample=trpo.cg_subsample, emaml=self.emaml,
             inner_loss=self.inner_loss,
         )
         return {"loss_before": stats.loss_before, "loss_after": stats.loss_after, "kl": stats.kl_after,
@@ -88,7 +89,7 @@ class AdamUpdate(OuterUpdate):
     def step(self, policy: GaussianMLPPolicy, batch: MetaBatch, inner_step_size: StepSize) -> dict[str, Any]:
         stats = ppo_meta_step(policy, self.optimizer, batch, inner_step_size, first_order=self.first_order,
                               inner_loss=self.inner_loss, epochs=self.epochs, clip=self.clip,
-                              inner_kl_coef=self.inner_kl_coef)
+                              inner_kl_coef=self.inner_kl_coef, emaml=self.emaml)
         return {"loss_before": stats.loss_before, "loss_after": stats.loss_after, "kl": stats.kl_after,
                 "grad_norm": stats.grad_norm, "line_search_step": 0, "step_accepted": True,
                 "inner_kl": stats.inner_kl}
