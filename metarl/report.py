@@ -32,9 +32,10 @@ from metarl.run.rundir import read_metrics
 #: Config fields that say where or how a run was run, not what it is: never a grouping key.
 NOT_SETTINGS = ("run.seed", "run.name", "run.output_dir", "run.device", "run.checkpoint_every",
                 "run.checkpoint_minutes", "tracking.", "ray.", "sampler.backend", "sampler.vectorization")
-#: The evaluation protocol: runs compared in one report must share it.
-PROTOCOL = ("eval.tasks", "eval.num_tasks", "eval.seed", "eval.num_steps", "eval.step_sizes",
-            "eval.episodes_per_task", "eval.budget", "env.id")
+#: The evaluation protocol, as each eval.json records it (a run may have been re-evaluated with
+#: other eval.* settings than its config's): runs compared in one report must share their test
+#: tasks and batches. The step sizes belong to the method (Meta-SGD adapts with learned ones).
+PROTOCOL = ("env", "eval_tasks", "eval_seed", "num_tasks", "episodes_per_task", "budget")
 
 
 @dataclass
@@ -127,10 +128,11 @@ def check_protocol(runs: list[RunResult]) -> bool:
     """Refuse runs evaluated with different protocols; True when every run has the same test tasks
     (then the per-task returns are the strata; otherwise each run is one score)."""
     for key in PROTOCOL:
-        values = {_value_text(r.flat.get(key)) for r in runs}
+        values = {_value_text(r.eval.get(key)) for r in runs}
         if len(values) > 1:
             raise cfg.ConfigError(f"the runs were evaluated differently ({key}: {', '.join(sorted(values))}); "
                                   "report them separately, or re-evaluate with `metarl evaluate RUN eval.key=value`")
+    # (The number of adaptation steps may differ: the report covers the steps every run has.)
     tasks = {json.dumps(r.eval.get("tasks"), sort_keys=True) for r in runs}
     return len(tasks) == 1 and all("per_task_returns" in r.eval for r in runs)
 

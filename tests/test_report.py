@@ -23,8 +23,11 @@ def fake_run(root, name, seed, returns, overrides=(), baselines=None, tasks=TASK
               "wall_time": i * (seed + 1)} for i in range(3)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     returns = np.asarray(returns, dtype=float)
+    ev = config.eval
     (path / "eval.json").write_text(json.dumps({
-        "env": config.env.id, "steps": list(range(len(returns))), "mean_return": returns.mean(1).tolist(),
+        "env": config.env.id, "eval_tasks": ev.tasks, "eval_seed": ev.seed, "num_tasks": ev.num_tasks,
+        "step_sizes": ev.step_sizes, "episodes_per_task": ev.episodes_per_task, "budget": ev.budget,
+        "steps": list(range(len(returns))), "mean_return": returns.mean(1).tolist(),
         "stderr": [0.0] * len(returns), "per_task_returns": returns.tolist(), "tasks": tasks}))
     if baselines:
         (path / "baselines.json").write_text(json.dumps(baselines))
@@ -115,7 +118,7 @@ def test_runs_evaluated_differently_are_not_pooled(tmp_path, capsys):
     fake_run(runs, "a", 0, _returns(0, 0))
     fake_run(runs, "b", 1, _returns(1, 0), ["eval.num_tasks=20"])
     assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 2
-    assert "evaluated differently (eval.num_tasks" in capsys.readouterr().err
+    assert "evaluated differently (num_tasks: 20, 40)" in capsys.readouterr().err
     # Other test tasks: each run is one score, and the report says so.
     other = tmp_path / "other"
     fake_run(other, "a", 0, _returns(0, 0))
