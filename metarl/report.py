@@ -27,7 +27,7 @@ import numpy as np
 from metarl import config as cfg
 from metarl import stats
 from metarl.paper import paper_env, paper_results
-from metarl.run.rundir import read_metrics
+from metarl.run.rundir import allowed, read_metrics
 
 #: Config fields that say where or how a run was run, not what it is: never a grouping key.
 NOT_SETTINGS = ("run.seed", "run.name", "run.output_dir", "run.device", "run.checkpoint_every",
@@ -88,10 +88,6 @@ def load_run(path: Path) -> RunResult:
                      read_metrics(path))
 
 
-def _ignored(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_SETTINGS)
-
-
 def _value_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
 
@@ -106,7 +102,7 @@ def group_runs(runs: list[RunResult], by: list[str] | None) -> dict[str, list[Ru
                                   "maml.inner_lr, trpo.max_kl")
         keys = list(by)
     else:
-        keys = [k for k in keys if not _ignored(k) and len({_value_text(r.flat.get(k)) for r in runs}) > 1]
+        keys = [k for k in keys if not allowed(k, NOT_SETTINGS) and len({_value_text(r.flat.get(k)) for r in runs}) > 1]
     leaves = [k.rpartition(".")[2] for k in keys]
     names = [leaf if leaves.count(leaf) == 1 else k for k, leaf in zip(keys, leaves, strict=True)]
     groups: dict[str, list[RunResult]] = {}

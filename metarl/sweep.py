@@ -56,11 +56,11 @@ from metarl.checkpoint import atomic_write_bytes
 from metarl.envs.batched import cpu_cores
 from metarl.run.rundir import (
     CHECKPOINT,
-    LOCATION_FIELDS,
     PREVIOUS_CHECKPOINT,
     RESUME_OVERRIDES,
     RunDir,
     allowed,
+    changed_fields,
 )
 
 SWEEP_FILE = "sweep.json"
@@ -215,10 +215,9 @@ class Sweep:
     @classmethod
     def _merge(cls, recorded: dict[str, Any], new: Sweep) -> Sweep:
         # The config file's settings (not its text: comments may change), then the fixed overrides.
-        then, now = recorded["base_config"], cfg.to_flat_dict(cfg.load(new.config_path))
-        changed = sorted(f"{key} in {new.config_path}" for key in then.keys() | now.keys()
-                         if then.get(key) != now.get(key) and not allowed(key, RESUME_OVERRIDES)
-                         and key not in LOCATION_FIELDS)
+        now = cfg.to_flat_dict(cfg.load(new.config_path))
+        changed = sorted(f"{key} in {new.config_path}"
+                         for key in changed_fields(recorded["base_config"], now, RESUME_OVERRIDES))
         old_fixed, new_fixed = dict(_pairs(recorded["fixed"])), dict(_pairs(new.fixed))
         changed += sorted(key for key in old_fixed.keys() | new_fixed.keys()
                           if old_fixed.get(key) != new_fixed.get(key) and not allowed(key, RESUME_OVERRIDES))
@@ -264,9 +263,8 @@ def foreign_run(run_dir: Path, config: cfg.Config) -> str:
     except cfg.ConfigError as exc:
         return f"its config.yaml does not load: {exc}"
     here = cfg.to_flat_dict(config)
-    differ = [f"{key}: {there.get(key)!r} there, {value!r} in the sweep" for key, value in here.items()
-              if key not in LOCATION_FIELDS and not allowed(key, RESUME_OVERRIDES) and there.get(key) != value]
-    return "; ".join(differ)
+    return "; ".join(f"{key}: {there[key]!r} there, {here[key]!r} in the sweep"
+                     for key in changed_fields(there, here, RESUME_OVERRIDES))
 
 
 def point_state(run_dir: Path, iterations: int) -> tuple[str, int, Path | None]:
@@ -291,12 +289,9 @@ def point_state(run_dir: Path, iterations: int) -> tuple[str, int, Path | None]:
 # --- launching runs -------------------------------------------------------------------------------
 
 
-def run_environment(threads: int) -> dict[str, str]:
-    """The environment of a run given ``threads`` cores: its simulator and torch use that many."""
-    env = dict(os.environ)
-    for name in ("METARL_SIM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = str(threads)
-    return env
+def thread_variables(threads: int) -> dict[str, str]:
+    """The environment variables that give a run ``threads`` cores: its simulator and torch use that many."""
+    return {name: str(threads) for name in ("METARL_SIM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 class Launcher(ABC):
@@ -331,7 +326,7 @@ class LocalLauncher(Launcher):
         with open(log, "ab") as out:
             # Its own session: a Ctrl-C in the terminal reaches the sweep, which passes it on once.
             return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=run_environment(self.threads), start_new_session=True)
+                                    env={**os.environ, **thread_variables(self.threads)}, start_new_session=True)
 
     def poll(self, handle: subprocess.Popen) -> int | None:
         return handle.poll()
@@ -388,9 +383,7 @@ class RayLauncher(Launcher):
         return sum(self.held.values()) + self.needs[point.name] <= self.cluster_cpus + 1e-9
 
     def start(self, command: list[str], log: Path, point: Point) -> Any:
-        environment = {**{k: v for k, v in run_environment(self.threads).items()
-                          if k in ("METARL_SIM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-                       "RAY_ADDRESS": self.address}
+        environment = {**thread_variables(self.threads), "RAY_ADDRESS": self.address}
         ref = self.task.options(num_cpus=self.threads).remote(command, str(log.resolve()), environment, os.getcwd())
         self.held[ref] = self.needs[point.name]
         return ref
@@ -469,23 +462,23 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
     from tqdm import tqdm
 
     python = [sys.executable, "-m", "metarl.cli", "train"]
-    runs = []
+    runs, foreign = [], {}
     for point in sweep.points:
         config = sweep.config(point)
         state, done, checkpoint = point_state(sweep.run_dir(point), config.run.iterations)
         runs.append(PointRun(point, state, done, config.run.iterations, checkpoint))
+        foreign[point.name] = foreign_run(sweep.run_dir(point), config)
     (sweep.path / "logs").mkdir(parents=True, exist_ok=True)
     say = (lambda text: None) if quiet else tqdm.write
     for run in runs:
-        foreign = foreign_run(sweep.run_dir(run.point), sweep.config(run.point))
         owner = _owner(sweep, run.point)
         if owner:
             run.status, run.error = "busy", (f"still running in process {owner} (an earlier sweep's, which "
                                              "stopped without it); rerun once it has ended")
             say(f"{run.point.name}: {run.error}")
-        elif foreign:
-            run.status, run.error = "failed", (f"{sweep.run_dir(run.point)} holds another run ({foreign}); "
-                                               "move it away or give another --out")
+        elif foreign[run.point.name]:
+            run.status, run.error = "failed", (f"{sweep.run_dir(run.point)} holds another run "
+                                               f"({foreign[run.point.name]}); move it away or give another --out")
             say(f"{run.point.name}: {run.error}")
         elif run.state == "finished":
             run.status = "skipped"

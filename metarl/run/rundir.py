@@ -214,10 +214,14 @@ def config_differences(stored: dict[str, Any], current: cfg.Config, allowed_keys
     except cfg.ConfigError:  # written by another metarl version: compare what both know
         stored_flat = {f"{section}.{key}": value for section, values in stored.items() if isinstance(values, dict)
                        for key, value in values.items()}
-    differences = []
-    for key, value in cfg.to_flat_dict(current).items():
-        if key in LOCATION_FIELDS or allowed(key, allowed_keys) or key not in stored_flat:
-            continue
-        if stored_flat[key] != value:
-            differences.append(f"{key}: checkpoint {stored_flat[key]!r}, config.yaml {value!r}")
-    return differences
+    current_flat = cfg.to_flat_dict(current)
+    return [f"{key}: checkpoint {stored_flat[key]!r}, config.yaml {current_flat[key]!r}"
+            for key in changed_fields(stored_flat, current_flat, allowed_keys)]
+
+
+def changed_fields(then: dict[str, Any], now: dict[str, Any], allowed_keys: tuple[str, ...]) -> list[str]:
+    """The keys of the flat config ``now`` (:func:`metarl.config.to_flat_dict`) whose value in ``then``
+    differs, other than ``allowed_keys`` and where the run lives; keys ``then`` does not have
+    (written by another metarl version) are skipped."""
+    return [key for key, value in now.items()
+            if key not in LOCATION_FIELDS and not allowed(key, allowed_keys) and key in then and then[key] != value]
