@@ -14,7 +14,6 @@ actor means the same thing in both frameworks.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -163,11 +162,6 @@ def train_ppo_until_plateau(
     else:
         model, curve = make_ppo(config, oracle, seed), []
 
-    def save(target: Path) -> None:
-        temporary = target.with_name(f".{target.stem}.{os.getpid()}.zip")
-        model.save(temporary)
-        os.replace(temporary, target)
-
     def best_index() -> int:
         return max(range(len(curve)), key=lambda i: curve[i]["mean_return"])
 
@@ -187,8 +181,8 @@ def train_ppo_until_plateau(
         curve.append({"timesteps": int(model.num_timesteps), "mean_return": float(result["mean_return"][0]),
                       "stderr": float(result["stderr"][0]), "seconds": time.perf_counter() - start})
         if best_index() == len(curve) - 1:
-            save(best_path)
-        save(latest)
+            atomic_write_bytes(best_path, model.save)
+        atomic_write_bytes(latest, model.save)
         atomic_write_bytes(curve_path, lambda f: f.write(json.dumps(curve, indent=1).encode()))
         say(f"{model.num_timesteps} steps: return {curve[-1]['mean_return']:.2f} ± {curve[-1]['stderr']:.2f}")
         stopped = "plateau" if stalled() else ""
