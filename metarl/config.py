@@ -304,6 +304,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
+            _check_finite_within(value, path)
             return dict(value)
     elif tp is bool:
         if isinstance(value, bool):
@@ -325,6 +326,18 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_finite_within(value: Any, path: str) -> None:
+    """Refuse NaN and inf anywhere inside a free-form mapping (``env.kwargs``), naming the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite_within(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite_within(item, f"{path}[{i}]")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

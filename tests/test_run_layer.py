@@ -329,6 +329,15 @@ def test_non_finite_numbers_are_refused(value):
         cfg.load(None, [f"maml.inner_lr={value}"])
 
 
+def test_non_finite_numbers_inside_env_kwargs_are_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("env:\n  id: metarl/Navigation2D-v0\n  kwargs:\n    goal_high: .inf\n")
+    with pytest.raises(cfg.ConfigError, match=r"env.kwargs.goal_high: must be a finite number"):
+        cfg.load(path)
+    with pytest.raises(cfg.ConfigError, match=r"env.kwargs.bounds\[1\]: must be a finite number"):
+        cfg.load(None, ["env.kwargs.bounds=[0.0, .nan]"])
+
+
 def test_the_checkpoint_keeps_its_previous_version(tmp_path):
     run = RunDir(tmp_path)
     state = {"iteration": 1, "policy": {}, "config": {}}
