@@ -6,6 +6,7 @@ works once ``metarl.envs`` is imported (``import metarl`` imports it too).
 
 import gymnasium as gym
 
+from metarl.envs import metaworld
 from metarl.envs.base import TASK_PROTOCOL, TaskEnv, missing_protocol, task_to_json
 from metarl.envs.locomotion import DirectionTask, DynamicsTask, VelocityTask
 from metarl.envs.navigation import GoalTask, Navigation2DEnv, Navigation2DVectorEnv
@@ -50,3 +51,7 @@ for _name, _cls in [
     ("HalfCheetahRandParams", "HalfCheetahRandParamsEnv"),
 ]:
     _register(f"metarl/{_name}-v0", entry_point=f"metarl.envs.locomotion:{_cls}", max_episode_steps=200)
+
+# Meta-World's ML1, ML10 and ML45 (metarl/ML1-v0, ...): always listed; building one needs the
+# optional metaworld extra, and says how to install it when it is missing.
+metaworld.register()

@@ -52,6 +52,18 @@ class TaskEnv(gym.Env):
         """The task currently installed."""
         raise NotImplementedError
 
+    def task_count_error(self, num_tasks: int, split: str) -> str | None:
+        """Why a batch of ``num_tasks`` tasks of ``split`` (``"train"``: a meta-batch; ``"test"``: the
+        evaluation's tasks) does not suit this env, or None. Checked before a run starts; a
+        benchmark whose batches hold each of its classes equally often asks for a multiple."""
+        return None
+
+    def sample_test_tasks(self, num_tasks: int) -> list[Any]:
+        """Draw ``num_tasks`` held-out tasks with ``self.np_random``, for envs whose benchmark keeps
+        test tasks apart from training ones (Meta-World: test placements, test classes). Envs without
+        it are evaluated on fresh draws of :meth:`sample_tasks` (``eval.tasks: seeded``)."""
+        raise NotImplementedError
+
     def paper_test_tasks(self, num_tasks: int) -> list[Any]:
         """The first ``num_tasks`` held-out tasks of the original paper's own evaluation, drawn as its
         authors' test script drew them, so that results compare on the very same tasks

@@ -6,8 +6,10 @@ any experiment config as shipped (``--config FILE``), it measures:
 - ``limit_steps_per_s``: raw open-loop ``mujoco.rollout`` over the same batch and threads,
   replaying the actions the sampler's policy took (no policy, no rewards, no early termination):
   the ceiling for MuJoCo envs. Null for envs without MuJoCo.
-- ``sampler_steps_per_s``: metarl's sampler as training uses it (batched simulator, policy forward
-  every step, episodes stored); ``sampler_vs_limit`` is the ratio to the ceiling.
+- ``sampler_steps_per_s``: metarl's sampler as training uses it (the config's
+  ``sampler.vectorization``: by default the batched simulator; Meta-World's configs: worker
+  processes; policy forward every step, episodes stored); ``sampler_vs_limit`` is the ratio to the
+  ceiling.
 - ``sync_vector_steps_per_s`` / ``async_vector_steps_per_s``: the same sampler forced onto gymnasium's
   SyncVectorEnv and AsyncVectorEnv. Async runs one process per sub-env, so it is measured on a small
   batch (``--async-envs``); its figure is a rate, comparable all the same.
@@ -300,7 +302,7 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": args.checkpoint,
     }
     row["limit_steps_per_s"] = rollout_limit(config, args.repeats)
-    row["sampler_steps_per_s"] = sampler_rate(config, "auto", args.repeats)
+    row["sampler_steps_per_s"] = sampler_rate(config, config.sampler.vectorization, args.repeats)
     row["sync_vector_steps_per_s"] = None if args.no_sync else sampler_rate(config, "sync", max(1, args.repeats - 1))
     async_tasks = max(1, args.async_envs // 4)
     row["async_vector_steps_per_s"] = (

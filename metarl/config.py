@@ -25,11 +25,11 @@ INNER_LOSSES = ("vpg", "lvc", "dice")
 #: Meta-updates (``maml.outer``; metarl.outer implements each).
 OUTER_UPDATES = ("trpo", "promp", "adam")
 #: How the sampler steps its sub-environments (``sampler.vectorization``, see metarl.sampler).
-VECTORIZATION_MODES = ("auto", "batched", "vector_entry_point", "sync", "async")
+VECTORIZATION_MODES = ("auto", "batched", "vector_entry_point", "sync", "async", "processes")
 #: How many episodes a batch holds: a fixed number per task, or whole episodes up to a step budget.
 SAMPLE_BUDGETS = ("episodes", "steps")
 #: Where the evaluation's held-out tasks come from (``eval.tasks``).
-EVAL_TASK_SOURCES = ("seeded", "paper")
+EVAL_TASK_SOURCES = ("seeded", "paper", "train")
 TRACKING_MODES = ("offline", "online", "disabled")
 
 
@@ -63,7 +63,12 @@ class SamplerConfig:
     """Steps per episode; null takes the env's max_episode_steps."""
     vectorization: str = "auto"
     """auto (the env's batched simulator if any, else its vector entry point, else sync), batched,
-    vector_entry_point, sync or async (gymnasium's AsyncVectorEnv: one process per sub-env)."""
+    vector_entry_point, sync, async (gymnasium's AsyncVectorEnv: one process per sub-env) or
+    processes (the sub-envs split over sampler.processes worker processes, each stepping its share
+    in turn: for envs whose step is mostly Python, e.g. Meta-World)."""
+    processes: int = 0
+    """Worker processes of vectorization=processes; 0: one per core this process may use
+    ($METARL_SIM_THREADS when set, as a sweep or a Ray worker sets it)."""
     backend: str = "local"
     """local (this process) or ray (the tasks split over Ray rollout workers, each sampling its
     share with `vectorization`; section ray). Both give the same episodes."""
@@ -158,9 +163,12 @@ class EvalConfig:
     num_tasks: int = 40
     """Held-out test tasks."""
     tasks: str = "seeded"
-    """seeded: num_tasks draws of the env's task distribution, seeded by eval.seed. paper: the
-    original paper's own test tasks, as its authors' test script drew them, for envs that define
-    them (2D navigation: the MAML paper's 40 goals), so that results compare on the same tasks."""
+    """seeded: num_tasks draws of the env's held-out test distribution (its test split where the
+    benchmark has one, e.g. Meta-World's test placements and classes; else the task distribution),
+    seeded by eval.seed. paper: the original paper's own test tasks, as its authors drew them, for
+    envs that define them (2D navigation: the MAML paper's 40 goals; Meta-World: its meta-test
+    tasks), so that results compare on the same tasks. train: draws of the training distribution
+    (Meta-World's meta-train success, reported apart from meta-test)."""
     seed: int = 1000
     """Seed of the seeded test tasks and of the evaluation's sampling (fixed, independent of the
     training seed)."""
@@ -170,6 +178,12 @@ class EvalConfig:
     """Step size of each adaptation step; the last one repeats."""
     episodes_per_task: int = 40
     """Episodes per task and step."""
+    final_episodes_per_task: int = 0
+    """Episodes per task after the last step; 0: episodes_per_task (Meta-World's protocol: 10 to
+    adapt on, then 3)."""
+    tasks_per_chunk: int = 0
+    """Run the protocol on this many tasks at a time (0: all at once), so that a large test set's
+    sub-envs and episodes never sit in memory together."""
     budget: str = "episodes"
     """episodes or steps, as sampler.budget (the authors' test script used steps: 40 x 100)."""
     at_end: bool = True
@@ -267,7 +281,8 @@ POSITIVE = {
     "run.iterations", "run.checkpoint_every", "maml.baseline_ridge", "ppo.lr", "ppo.epochs", "ppo.clip",
     "ray.workers", "ray.cpus_per_worker", "ray.timeout_s",
 }
-NON_NEGATIVE = {"eval.num_steps", "run.checkpoint_minutes", "trpo.cg_damping", "trpo.tasks_per_group",
+NON_NEGATIVE = {"sampler.processes", "eval.num_steps", "eval.final_episodes_per_task", "eval.tasks_per_chunk",
+                "run.checkpoint_minutes", "trpo.cg_damping", "trpo.tasks_per_group",
                 "tracking.videos", "ppo.inner_kl_coef", "ppo.inner_kl_target", "ray.max_retries"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda", "trpo.cg_subsample"}
 SEEDS = {"run.seed", "eval.seed"}

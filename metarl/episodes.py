@@ -40,6 +40,8 @@ class Episodes:
         terminated, truncated: ``[T, E]`` bool, how each episode ended (both False for an empty
             slot); None for batches built without them (treated as terminated).
         final_observations: ``[T, E, obs_dim]`` the observation a truncated episode was cut off in.
+        success: ``[T, E]`` bool, whether any step of the episode reported ``info["success"]`` (envs
+            with a success criterion, e.g. Meta-World); None for envs without one.
         episode_starts: None for the padded layout (every row ``[t, e]`` is one episode). In a packed
             batch (:meth:`pack`) ``[T, 1, S]``: for each step, the index along the last axis of
             its episode's first step.
@@ -55,6 +57,7 @@ class Episodes:
     terminated: Tensor | None = field(default=None)
     truncated: Tensor | None = field(default=None)
     final_observations: Tensor | None = field(default=None)
+    success: Tensor | None = field(default=None)
     episode_starts: Tensor | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,8 @@ class Episodes:
                       observations=self.observations * weight[..., None], actions=self.actions * weight[..., None])
         if self.terminated is not None:
             out.terminated, out.truncated = self.terminated & kept, self.truncated & kept
+        if self.success is not None:
+            out.success = self.success & kept
         return out
 
     def to(self, device: torch.device | str) -> Episodes:
@@ -175,6 +180,21 @@ class Episodes:
         kept = self.episode_mask
         return float(((self.episode_returns() * kept).sum() / kept.sum().clamp(min=1.0)).item())
 
+    def task_success_rates(self) -> Tensor | None:
+        """Fraction of each task's episodes that succeeded, ``[T]``; None for an env without success."""
+        if self.success is None:
+            return None
+        self._check_padded("task_success_rates()")
+        kept = self.episode_mask
+        return (self.success.to(kept.dtype) * kept).sum(1) / kept.sum(1).clamp(min=1.0)
+
+    def success_rate(self) -> float | None:
+        """Fraction of all episodes that succeeded; None for an env without success."""
+        if self.success is None:
+            return None
+        kept = self.episode_mask
+        return float(((self.success.to(kept.dtype) * kept).sum() / kept.sum().clamp(min=1.0)).item())
+
     def compute_advantages(
         self, gamma: float, gae_lambda: float, ridge: float = 1e-5, normalize: bool = True,
         bootstrap_truncated: bool = False
@@ -221,7 +241,7 @@ class ValidSteps:
     actions: Tensor  # [N, act_dim]
     rewards: Tensor  # [N]
     tasks: list[Any]
-    per_episode: dict[str, Tensor]  # terminated, truncated, final_observations: small, sent as they are
+    per_episode: dict[str, Tensor]  # terminated, truncated, final_observations, success: small, sent as is
     dtype: torch.dtype
 
     @classmethod
@@ -230,7 +250,8 @@ class ValidSteps:
         if episodes.advantages is not None:
             raise ValueError("ValidSteps carries sampled episodes only: compute the advantages after rebuilding")
         valid = episodes.mask.bool()
-        per_episode = {name: getattr(episodes, name) for name in ("terminated", "truncated", "final_observations")
+        names = ("terminated", "truncated", "final_observations", "success")
+        per_episode = {name: getattr(episodes, name) for name in names
                        if getattr(episodes, name) is not None}
         return cls(valid, episodes.observations[valid], episodes.actions[valid], episodes.rewards[valid],
                    list(episodes.tasks), per_episode, episodes.mask.dtype)

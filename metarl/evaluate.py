@@ -22,8 +22,9 @@ from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_param
 from metarl.sampler import BaseSampler
 
 
-def check_eval_tasks(env: gym.Env, source: str) -> None:
-    """Raise a :class:`ConfigError` naming ``eval.tasks`` when ``env`` cannot supply ``source``."""
+def check_eval_tasks(env: gym.Env, source: str, num_tasks: int | None = None) -> None:
+    """Raise a :class:`ConfigError` naming ``eval.tasks`` when ``env`` cannot supply ``source``, or
+    ``eval.num_tasks`` when ``num_tasks`` tasks do not suit it (``TaskEnv.task_count_error``)."""
     if source not in cfg.EVAL_TASK_SOURCES:
         raise cfg.ConfigError(f"eval.tasks: must be one of {', '.join(cfg.EVAL_TASK_SOURCES)}, got {source!r}")
     if source == "paper" and not implements(env, "paper_test_tasks"):
@@ -31,6 +32,10 @@ def check_eval_tasks(env: gym.Env, source: str) -> None:
             f"eval.tasks: {type(env.unwrapped).__name__} has no paper test tasks (only envs that define "
             "paper_test_tasks, e.g. metarl/Navigation2D-v0); use eval.tasks=seeded"
         )
+    if num_tasks is not None and implements(env, "task_count_error"):
+        error = env.unwrapped.task_count_error(num_tasks, "train" if source == "train" else "test")
+        if error:
+            raise cfg.ConfigError(f"eval.num_tasks: {error}")
 
 
 def evaluate(
@@ -50,48 +55,86 @@ def evaluate(
     learned_step_sizes: Params | None = None,
     bootstrap_truncated: bool = False,
     pack_episodes: bool = True,
+    final_episodes_per_task: int = 0,
+    tasks_per_chunk: int = 0,
 ) -> dict[str, Any]:
     """Adapt ``policy`` to each task for ``num_steps`` inner steps and record returns after each.
 
     Step ``k`` (0-based) uses ``step_sizes[min(k, len(step_sizes) - 1)]``, or Meta-SGD's
     ``learned_step_sizes`` (per-parameter tensors) at every step when given. ``budget`` is the
-    sampler's ("episodes" or "steps"); ``on_step(k, params)`` sees the per-task parameters after
-    ``k`` steps (``metarl render`` keeps them).
+    sampler's ("episodes" or "steps"). The episodes after the last step are
+    ``final_episodes_per_task`` per task when set (Meta-World's protocol: 10 episodes to adapt on,
+    3 to evaluate), else ``episodes_per_task``. ``tasks_per_chunk`` (0: all at once) runs the whole
+    protocol on that many tasks at a time, so that the sub-envs and episodes of a large test set
+    never sit in memory together; each task's adaptation is its own either way, only the random
+    streams of the sampling differ. ``on_step(k, params)`` sees the per-task parameters after ``k``
+    steps (``metarl render`` keeps them); with it the tasks run in one chunk.
 
     Returns:
         A JSON-ready dict: ``num_tasks``, ``steps`` (0..num_steps), ``mean_return`` and ``stderr``
         (aligned with ``steps``; stderr = sample std over tasks / sqrt(num_tasks)), ``step_sizes``,
-        ``episodes_per_task``, ``per_task_returns`` ([step][task]) and ``tasks``.
+        ``episodes_per_task``, ``per_task_returns`` ([step][task]) and ``tasks``; for envs that report
+        success, ``success_rate`` and ``success_stderr`` (over tasks, aligned with ``steps``),
+        ``per_task_success`` ([step][task]) and, for tasks with an ``env_name`` (Meta-World's classes),
+        ``per_class_success`` ({class: [step]}).
     """
     num_tasks = len(tasks)
-    params = detach_params(expand_params(policy.parameters_dict(), num_tasks))
-    per_task: list[torch.Tensor] = []
+    chunk = num_tasks if on_step is not None or tasks_per_chunk <= 0 else tasks_per_chunk
+    returns: list[list[torch.Tensor]] = [[] for _ in range(num_steps + 1)]
+    successes: list[list[torch.Tensor]] = [[] for _ in range(num_steps + 1)]
     used_step_sizes = []
-    for k in range(num_steps + 1):
-        if on_step is not None:
-            on_step(k, params)  # the per-task parameters after k steps (e.g. to render them)
-        episodes = sampler.sample(policy, params, tasks, episodes_per_task, budget)
-        per_task.append(episodes.task_mean_returns().cpu().double())
-        if k == num_steps:
-            break
-        step_size = learned_step_sizes if learned_step_sizes is not None else step_sizes[min(k, len(step_sizes) - 1)]
-        used_step_sizes.append("learned" if learned_step_sizes is not None else step_size)
-        episodes.compute_advantages(gamma, gae_lambda, baseline_ridge, normalize_advantages, bootstrap_truncated)
-        adapt_on = episodes.pack() if pack_episodes else episodes  # the same step on the valid steps only
-        params = detach_params(adapt(policy, params, adapt_on, step_size, first_order=True, inner_loss=inner_loss))
-    means = [float(r.mean()) for r in per_task]
-    stderrs = [float(r.std(unbiased=True)) / math.sqrt(num_tasks) if num_tasks > 1 else 0.0 for r in per_task]
-    return {
+    for begin in range(0, num_tasks, chunk):
+        part = tasks[begin:begin + chunk]
+        params = detach_params(expand_params(policy.parameters_dict(), len(part)))
+        used_step_sizes = []
+        for k in range(num_steps + 1):
+            if on_step is not None:
+                on_step(k, params)  # the per-task parameters after k steps (e.g. to render them)
+            last = k == num_steps and final_episodes_per_task
+            episodes_k = final_episodes_per_task if last else episodes_per_task
+            episodes = sampler.sample(policy, params, part, episodes_k, budget)
+            returns[k].append(episodes.task_mean_returns().cpu().double())
+            success = episodes.task_success_rates()
+            if success is not None:
+                successes[k].append(success.cpu().double())
+            if k == num_steps:
+                break
+            fixed = step_sizes[min(k, len(step_sizes) - 1)]
+            step_size = learned_step_sizes if learned_step_sizes is not None else fixed
+            used_step_sizes.append("learned" if learned_step_sizes is not None else step_size)
+            episodes.compute_advantages(gamma, gae_lambda, baseline_ridge, normalize_advantages, bootstrap_truncated)
+            adapt_on = episodes.pack() if pack_episodes else episodes  # the same step on the valid steps only
+            params = detach_params(adapt(policy, params, adapt_on, step_size, first_order=True, inner_loss=inner_loss))
+    per_task = [torch.cat(r) for r in returns]
+    result = {
         "num_tasks": num_tasks,
         "steps": list(range(num_steps + 1)),
-        "mean_return": means,
-        "stderr": stderrs,
+        "mean_return": [float(r.mean()) for r in per_task],
+        "stderr": [_stderr(r) for r in per_task],
         "step_sizes": used_step_sizes,
         "episodes_per_task": episodes_per_task,
+        **({"final_episodes_per_task": final_episodes_per_task} if final_episodes_per_task else {}),
         "budget": budget,
         "per_task_returns": [r.tolist() for r in per_task],
         "tasks": [task_to_json(t) for t in tasks],
     }
+    if all(len(s) == len(r) for s, r in zip(successes, returns, strict=True)) and successes[0]:
+        per_task_success = [torch.cat(s) for s in successes]
+        result["success_rate"] = [float(s.mean()) for s in per_task_success]
+        result["success_stderr"] = [_stderr(s) for s in per_task_success]
+        result["per_task_success"] = [s.tolist() for s in per_task_success]
+        names = [getattr(t, "env_name", None) for t in tasks]
+        if all(isinstance(n, str) for n in names):
+            result["per_class_success"] = {
+                name: [float(s[[i for i, n in enumerate(names) if n == name]].mean()) for s in per_task_success]
+                for name in dict.fromkeys(names)
+            }
+    return result
+
+
+def _stderr(values: torch.Tensor) -> float:
+    """Sample standard deviation over tasks / sqrt(tasks); 0 for one task."""
+    return float(values.std(unbiased=True)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
 def evaluate_protocol(
@@ -111,12 +154,18 @@ def evaluate_protocol(
         policy, sampler, tasks, ev.num_steps if num_steps is None else num_steps, tuple(ev.step_sizes),
         ev.episodes_per_task, maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
         on_step, maml.inner_loss, learned, config.sampler.bootstrap_truncated, maml.pack_episodes,
+        ev.final_episodes_per_task, ev.tasks_per_chunk,
     )
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The adaptation table: one row per number of steps, mean +- standard error over tasks."""
-    lines = [f"{'steps':>5}  {'mean return':>12}  {'s.e.':>7}   ({result['num_tasks']} test tasks)"]
-    for step, mean, se in zip(result["steps"], result["mean_return"], result["stderr"], strict=True):
-        lines.append(f"{step:>5}  {mean:>12.2f}  {se:>7.2f}")
+    success = "success_rate" in result
+    lines = [f"{'steps':>5}  {'mean return':>12}  {'s.e.':>7}" + (f"  {'success':>8}  {'s.e.':>6}" if success else "")
+             + f"   ({result['num_tasks']} test tasks)"]
+    for i, (step, mean, se) in enumerate(zip(result["steps"], result["mean_return"], result["stderr"], strict=True)):
+        line = f"{step:>5}  {mean:>12.2f}  {se:>7.2f}"
+        if success:
+            line += f"  {result['success_rate'][i]:>8.1%}  {result['success_stderr'][i]:>6.1%}"
+        lines.append(line)
     return "\n".join(lines)

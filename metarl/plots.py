@@ -12,31 +12,55 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_training(metrics: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Pre- and post-adaptation mean return against the meta-iteration."""
+    """Pre- and post-adaptation mean return against the meta-iteration, and the success rates beside
+    it for envs that report success."""
     iterations = [m["iteration"] for m in metrics]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    success = all("post_success" in m for m in metrics) and bool(metrics)
+    fig, axes = plt.subplots(1, 2 if success else 1, figsize=(10 if success else 6, 3.5), dpi=100, squeeze=False)
+    ax = axes[0, 0]
     ax.plot(iterations, [m["pre_return"] for m in metrics], label="before adaptation")
     ax.plot(iterations, [m["post_return"] for m in metrics], label="after adaptation")
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("mean episode return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if success:
+        right = axes[0, 1]
+        right.plot(iterations, [m["pre_success"] for m in metrics], label="before adaptation")
+        right.plot(iterations, [m["post_success"] for m in metrics], label="after adaptation")
+        _success_axis(right, "meta-iteration")
+    for a in axes[0]:
+        a.set_title(title)
+        a.grid(alpha=0.3)
+        a.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+def _success_axis(ax: Any, xlabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+
+
 def plot_adaptation(result: dict[str, Any], path: str | Path, title: str = "", label: str = "MAML") -> None:
-    """Mean return (+- standard error over test tasks) against the number of adaptation steps."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=100)
+    """Mean return (+- standard error over test tasks) against the number of adaptation steps, and the
+    success rate beside it for envs that report success."""
+    success = "success_rate" in result
+    fig, axes = plt.subplots(1, 2 if success else 1, figsize=(9 if success else 4.5, 3.5), dpi=100, squeeze=False)
+    ax = axes[0, 0]
     ax.errorbar(result["steps"], result["mean_return"], yerr=result["stderr"], marker="o", capsize=3, label=label)
-    ax.set_xticks(result["steps"])
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if success:
+        right = axes[0, 1]
+        right.errorbar(result["steps"], result["success_rate"], yerr=result["success_stderr"], marker="o", capsize=3,
+                       label=label)
+        _success_axis(right, "number of gradient steps")
+    for a in axes[0]:
+        a.set_xticks(result["steps"])
+        a.set_title(title)
+        a.grid(alpha=0.3)
+        a.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

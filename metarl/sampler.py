@@ -3,7 +3,8 @@
 Layers: :class:`BaseSampler` owns what every sampler shares (the env's spaces and horizon, the
 budget of a batch, the randomness of each round); :class:`Sampler` rolls rounds out in this process
 through one :class:`Stepper` (one class per stepping backend: :class:`BatchedStepper` over the env's
-own batched simulator, :class:`VectorStepper` over gymnasium's vector envs);
+own batched simulator, :class:`VectorStepper` over gymnasium's vector envs, :class:`ProcessStepper`
+over worker processes that each hold a share of the sub-envs);
 ``metarl.ray_sampler.RaySampler`` rolls them out on Ray workers, each holding a :class:`Sampler`.
 """
 
@@ -26,14 +27,15 @@ from torch import Tensor
 import metarl.envs  # noqa: F401  (registers the metarl/ task envs)
 from metarl.config import SAMPLE_BUDGETS, VECTORIZATION_MODES
 from metarl.envs.base import batched_simulator_note, has_batched_simulator, missing_protocol
-from metarl.envs.batched import BatchedTaskSim
+from metarl.envs.batched import BatchedTaskSim, cpu_cores
 from metarl.episodes import Episodes, concat_episodes
 from metarl.policy import GaussianMLPPolicy, Params
 
 # VECTORIZATION_MODES: how the sampler steps its T*E sub-environments. "auto": the env's batched
 # simulator if its class declares one (``TaskEnv.batched_simulator``), else its registered vector
 # entry point, else gymnasium's SyncVectorEnv. "async" is gymnasium's AsyncVectorEnv: one process
-# per sub-env, slow on few cores (for benchmarks).
+# per sub-env, slow on few cores (for benchmarks). "processes": the sub-envs split over a few
+# worker processes (one per core), for envs whose step is mostly Python (Meta-World).
 __all__ = ["SAMPLE_BUDGETS", "VECTORIZATION_MODES", "BaseSampler", "Sampler", "NonFiniteEnvError", "TaskEnvError"]
 
 
@@ -141,9 +143,11 @@ class Stepper(ABC):
         Sub-env ``i`` resets as sub-env ``env_offset + i`` of a larger round would."""
 
     @abstractmethod
-    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """Apply ``actions`` ``[N, act_dim]``; returns observations ``[N, obs_dim]``, rewards ``[N]``,
-        ``terminated`` and ``truncated`` ``[N]`` (bool). Values of sub-envs not ``alive`` are ignored."""
+        ``terminated`` and ``truncated`` ``[N]`` (bool), and ``success`` ``[N]`` (bool; the env's
+        ``info["success"]``, None when the env reports none). Values of sub-envs not ``alive`` are
+        ignored."""
 
     def close(self) -> None:  # noqa: B027 (optional: nothing to do by default)
         """Release processes, threads or buffers."""
@@ -162,11 +166,11 @@ class BatchedStepper(Stepper):
         obs = self.sim.reset(seed=seed, env_offset=env_offset) if env_offset else self.sim.reset(seed=seed)
         return obs.to(self.device, torch.float32)
 
-    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         obs, reward, terminated = self.sim.step(actions, alive)
         terminated = terminated.to(self.device)
         return (obs.to(self.device, torch.float32), reward.to(self.device, torch.float32), terminated,
-                torch.zeros_like(terminated))
+                torch.zeros_like(terminated), None)
 
     def close(self) -> None:
         self.sim.close()
@@ -206,18 +210,132 @@ class VectorStepper(Stepper):
         obs, _ = self.env.reset(seed=seed + env_offset)  # sub-env i is seeded with seed + i
         return torch.as_tensor(obs, dtype=torch.float32, device=self.device)
 
-    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         obs, reward, terminated, truncated, info = self.env.step(actions.cpu().numpy().astype(self.action_dtype))
+        success = _vector_success(info)
         if "_final_obs" in info:  # a same-step autoreset (a vector entry point's choice) returned the reset obs
             obs = np.array(obs, copy=True)
             for i in np.flatnonzero(info["_final_obs"]):
                 obs[i] = info["final_obs"][i]
         as_tensor = lambda x, dtype: torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)  # noqa: E731
         return (as_tensor(obs, torch.float32), as_tensor(reward, torch.float32), as_tensor(terminated, torch.bool),
-                as_tensor(truncated, torch.bool))
+                as_tensor(truncated, torch.bool), None if success is None else as_tensor(success, torch.bool))
 
     def close(self) -> None:
         self.env.close()
+
+
+def _vector_success(info: dict[str, Any]) -> np.ndarray | None:
+    """``info["success"]`` of a vector env's step as a bool array (None when the env reports none);
+    gymnasium marks the sub-envs that gave one in ``info["_success"]``."""
+    if "success" not in info:
+        return None
+    return np.asarray(info["success"], dtype=bool) & np.asarray(info["_success"], dtype=bool)
+
+
+def _process_worker(pipe: Any, parent_end: Any, env_id: str, env_kwargs: dict[str, Any], num_envs: int,
+                    horizon: int) -> None:
+    """A :class:`ProcessStepper` worker: a SyncVectorEnv of its share of the sub-envs, driven by
+    ``(command, argument)`` messages; deaf to SIGINT like the async workers (the trainer closes it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_end.close()
+    env = None
+    try:
+        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                           vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP}, max_episode_steps=horizon,
+                           **env_kwargs)
+        pipe.send(("ok", None))
+        while True:
+            command, argument = pipe.recv()
+            if command == "start":
+                tasks, seed = argument
+                env.set_attr("task", tasks)
+                pipe.send(("ok", env.reset(seed=seed)[0]))
+            elif command == "step":
+                obs, reward, terminated, truncated, info = env.step(argument)
+                pipe.send(("ok", (obs, reward, terminated, truncated, _vector_success(info))))
+            else:
+                break
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    except Exception as exc:  # the driver raises it with the env's name
+        with contextlib.suppress(BrokenPipeError, OSError):
+            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        if env is not None:
+            env.close()
+        pipe.close()
+
+
+class ProcessStepper(Stepper):
+    """The sub-envs split over ``processes`` worker processes, each stepping its share with a
+    SyncVectorEnv, all shares at once. For envs whose step is mostly Python (Meta-World's reward and
+    observation code), which one process cannot spread over cores. Sub-env ``i`` resets with the
+    seed SyncVectorEnv gives it, so the episodes equal those of ``sync``."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int, processes: int, horizon: int,
+                 action_dtype: Any, device: torch.device):
+        import multiprocessing
+
+        self.env_id, self.device, self.action_dtype = env_id, device, action_dtype
+        bounds = np.linspace(0, num_envs, min(processes, num_envs) + 1).round().astype(int)
+        self.shares = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        context = multiprocessing.get_context("fork")  # user envs registered in this process stay registered
+        self.pipes, self.workers = [], []
+        try:
+            for begin, end in self.shares:
+                parent, child = context.Pipe()
+                worker = context.Process(target=_process_worker, daemon=True,
+                                         args=(child, parent, env_id, env_kwargs, end - begin, horizon))
+                worker.start()
+                child.close()
+                self.pipes.append(parent)
+                self.workers.append(worker)
+            self._gather()  # each worker built its envs
+        except BaseException:
+            self.close()
+            raise
+
+    def _gather(self) -> list[Any]:
+        out = []
+        for k, pipe in enumerate(self.pipes):
+            try:
+                status, value = pipe.recv()
+            except EOFError:
+                status, value = "error", f"worker process exited with code {self.workers[k].exitcode}"
+            if status != "ok":
+                raise RuntimeError(f"{self.env_id}: sampler worker {k} of {len(self.pipes)} failed: {value}")
+            out.append(value)
+        return out
+
+    def start(self, tasks: list[Any], seed: int, env_offset: int) -> Tensor:
+        for pipe, (begin, end) in zip(self.pipes, self.shares, strict=True):
+            pipe.send(("start", (tasks[begin:end], seed + env_offset + begin)))
+        return torch.as_tensor(np.concatenate(self._gather()), dtype=torch.float32, device=self.device)
+
+    def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        actions = actions.cpu().numpy().astype(self.action_dtype)
+        for pipe, (begin, end) in zip(self.pipes, self.shares, strict=True):
+            pipe.send(("step", actions[begin:end]))
+        parts = self._gather()
+        as_tensor = lambda i, dtype: torch.as_tensor(np.concatenate([p[i] for p in parts]), dtype=dtype,  # noqa: E731
+                                                     device=self.device)
+        success = None if parts[0][4] is None else as_tensor(4, torch.bool)
+        return as_tensor(0, torch.float32), as_tensor(1, torch.float32), as_tensor(2, torch.bool), \
+            as_tensor(3, torch.bool), success
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                pipe.send(("close", None))
+        for worker in self.workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        for pipe in self.pipes:
+            pipe.close()
+        self.pipes, self.workers = [], []
 
 
 def _seed_sequence(seed: int | np.random.SeedSequence) -> np.random.SeedSequence:
@@ -388,10 +506,14 @@ class Sampler(BaseSampler):
         device: torch.device | str = "cpu",
         seed: int | np.random.SeedSequence = 0,
         rescale_actions: bool = True,
+        processes: int = 0,
     ):
         if vectorization not in VECTORIZATION_MODES:
             raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
+        if processes < 0:
+            raise ValueError(f"sampler.processes must be >= 0, got {processes}")
         self._steppers: dict[int, Stepper] = {}
+        self.processes = processes or cpu_cores()
         super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
         env_id, probe = self.env_id, self._probe
         spec = gym.spec(env_id)
@@ -427,7 +549,7 @@ class Sampler(BaseSampler):
 
     @property
     def mode(self) -> str:
-        """The path actually used: "batched", "vector_entry_point", "sync" or "async"."""
+        """The path actually used: "batched", "vector_entry_point", "sync", "async" or "processes"."""
         return self._mode
 
     @property
@@ -452,6 +574,9 @@ class Sampler(BaseSampler):
                     self._steppers.clear()
             if sim is not None:
                 self._steppers[num_envs] = BatchedStepper(sim, self.device)
+            elif self._mode == "processes":
+                self._steppers[num_envs] = ProcessStepper(self.env_id, self.env_kwargs, num_envs, self.processes,
+                                                          self.horizon, self.action_space.dtype, self.device)
             else:
                 self._steppers[num_envs] = VectorStepper(self.env_id, self.env_kwargs, num_envs, self._mode,
                                                          self.horizon, self.action_space.dtype, self.device)
@@ -493,6 +618,7 @@ class Sampler(BaseSampler):
             terminated_at = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
             final_obs = torch.zeros(num_envs, self.obs_dim, device=self.device)
             alive = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+            succeeded, reports_success = torch.zeros_like(alive), False
             all_alive = True
             self._check_finite(obs, None, alive, env_tasks, 0)
             center = torch.as_tensor(self._action_center, dtype=torch.float32, device=self.device)
@@ -518,7 +644,11 @@ class Sampler(BaseSampler):
                 observations[:, :, t] = obs_t
                 actions[:, :, t] = action
                 mask[:, :, t] = alive.reshape(num_tasks, num_episodes)
-                obs, reward, terminated, truncated = stepper.step(center + scale * action.reshape(num_envs, -1), alive)
+                obs, reward, terminated, truncated, success = stepper.step(
+                    center + scale * action.reshape(num_envs, -1), alive)
+                if success is not None:  # an episode succeeds if any of its steps does
+                    succeeded |= success & alive
+                    reports_success = True
                 self._check_finite(obs, reward, alive, env_tasks, t + 1)
                 rewards[:, :, t] = (
                     reward if all_alive else torch.where(alive, reward, 0.0)
@@ -539,7 +669,8 @@ class Sampler(BaseSampler):
             observations *= mask[..., None]  # padding is zeros (what finished sub-envs were fed is not kept)
             actions *= mask[..., None]
             return Episodes(observations, actions, rewards, mask, list(tasks), terminated=terminated,
-                            truncated=~terminated, final_observations=final_obs.reshape(*episode_shape, -1))
+                            truncated=~terminated, final_observations=final_obs.reshape(*episode_shape, -1),
+                            success=succeeded.reshape(episode_shape) if reports_success else None)
 
     def _check_finite(self, obs: Tensor, reward: Tensor | None, alive: Tensor, env_tasks: list[Any], step: int) -> None:
         """Raise :class:`NonFiniteEnvError` when a running sub-env returned NaN or inf."""

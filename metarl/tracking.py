@@ -18,7 +18,8 @@ from typing import Any
 from metarl import config as cfg
 from metarl.checkpoint import versions
 
-META_KEYS = ("pre_return", "post_return", "kl", "loss_before", "loss_after", "grad_norm", "line_search_step",
+META_KEYS = ("pre_return", "post_return", "pre_success", "post_success",
+             "kl", "loss_before", "loss_after", "grad_norm", "line_search_step",
              "step_accepted", "inner_kl", "env_steps", "total_env_steps")
 
 

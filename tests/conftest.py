@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ import torch
 from gymnasium import spaces
 
 import metarl  # noqa: F401  (registers the metarl/ envs)
+from metarl import config as cfg
+from metarl.cli import main
 from metarl.envs.base import TaskEnv
 from metarl.episodes import Episodes
 
@@ -86,6 +89,15 @@ class NonFiniteEnv(CounterEnv):
         return obs, reward, terminated, truncated, info
 
 
+class SuccessCounterEnv(CounterEnv):
+    """:class:`CounterEnv` that reports ``info["success"]``, True at step 2 only: an episode succeeds
+    iff its task's length is at least 2 (and the horizon lets it get there)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "success": self._t == 2}
+
+
 class NoProtocolEnv(gym.Env):
     """A plain env without the task protocol."""
 
@@ -110,7 +122,8 @@ class DiscreteTaskEnv(CounterEnv):
 
 for _id, _cls in [("tests/Counter-v0", CounterEnv), ("tests/NoProtocol-v0", NoProtocolEnv),
                   ("tests/Discrete-v0", DiscreteTaskEnv),
-                  ("tests/TruncatingCounter-v0", TruncatingCounterEnv), ("tests/NonFinite-v0", NonFiniteEnv)]:
+                  ("tests/TruncatingCounter-v0", TruncatingCounterEnv), ("tests/NonFinite-v0", NonFiniteEnv),
+                  ("tests/SuccessCounter-v0", SuccessCounterEnv)]:
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls, max_episode_steps=6)
 
@@ -156,3 +169,30 @@ TIMING_KEYS = {"time_sampling", "time_sampling_valid", "time_adapt", "time_updat
 def without_timings(metrics):
     """metrics.jsonl lines without their timings: what two identical runs share."""
     return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+
+TINY_CONFIG = ["run.iterations=1", "maml.meta_batch_size=2", "sampler.episodes_per_task=2", "sampler.horizon=10",
+               "policy.hidden_sizes=[8]", "trpo.cg_iters=2", "eval.num_tasks=2", "eval.episodes_per_task=2",
+               "eval.num_steps=1"]
+
+
+def tiny_config_run(path, tmp_path, overrides=()):
+    """Train the experiment config ``path`` through the CLI for one tiny meta-iteration and check that
+    it wrote a run whose metrics are finite and whose meta-update moved the initialisation."""
+    from metarl.run.factory import build
+    from metarl.run.rundir import RunDir, read_metrics
+
+    assert main(["train", str(path), *TINY_CONFIG, *overrides, f"run.output_dir={tmp_path}", "run.name=tiny",
+                 "--quiet"]) == 0
+    run = RunDir.open(tmp_path / "tiny")
+    metrics = read_metrics(run.path)
+    assert len(metrics) == 1 and metrics[0]["env_steps"] > 0
+    assert all(math.isfinite(metrics[0][k]) for k in ("pre_return", "post_return", "loss_before", "loss_after"))
+    config = run.load_config()
+    assert cfg.load(path).env.id == config.env.id
+    # the meta-update moved the initialisation: the trained policy is not the one the run started from
+    start = build(config)
+    trained = run.load_checkpoint()["policy"]
+    assert any(not torch.equal(p, trained[name]) for name, p in start.policy.state_dict().items())
+    start.close()
+    return run

@@ -19,6 +19,7 @@ import gymnasium as gym
 import torch
 
 from metarl import config as cfg
+from metarl.envs.base import implements
 from metarl.evaluate import check_eval_tasks
 from metarl.maml import MetaSGDStepSizes, StepSize, meta_parameters
 from metarl.outer import OuterUpdate, make_outer_update
@@ -59,7 +60,7 @@ def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train
     args = (config.env.id, config.env.kwargs, config.sampler.horizon, config.sampler.vectorization, device,
             seed_stream(seed, purpose), config.sampler.rescale_actions)
     if config.sampler.backend == "local":
-        return Sampler(*args)
+        return Sampler(*args, processes=config.sampler.processes)
     from metarl.ray_sampler import RaySampler  # Ray is optional
 
     ray = config.ray
@@ -84,7 +85,11 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
     device = device or resolve(config.run.device)
     task_env = check_task_env(config.env.id, config.env.kwargs)
     try:
-        check_eval_tasks(task_env, config.eval.tasks)  # before training, not when it ends
+        check_eval_tasks(task_env, config.eval.tasks, config.eval.num_tasks)  # before training, not when it ends
+        if implements(task_env, "task_count_error"):
+            error = task_env.unwrapped.task_count_error(config.maml.meta_batch_size, "train")
+            if error:
+                raise cfg.ConfigError(f"maml.meta_batch_size: {error}")
         seed_env(task_env, config.run.seed, "train_tasks")
         sampler = make_sampler(config, device, "train_sampler")
     except BaseException:
@@ -101,15 +106,19 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
 
 
 def eval_tasks(config: cfg.Config) -> list[Any]:
-    """The held-out tasks of ``config.eval``: ``eval.num_tasks`` draws from the "test_tasks" stream of
-    ``eval.seed`` (``eval.tasks: seeded``), or the env's ``paper_test_tasks`` (``paper``)."""
+    """The tasks of ``config.eval``: ``eval.num_tasks`` draws from the "test_tasks" stream of
+    ``eval.seed`` (``seeded``: of the env's held-out test distribution, ``sample_test_tasks``, where it
+    has one, else of ``sample_tasks``; ``train``: of the training distribution, ``sample_tasks``), or
+    the env's ``paper_test_tasks`` (``paper``)."""
     ev = config.eval
     env = gym.make(resolve_env_id(config.env.id), **config.env.kwargs)
     try:
-        check_eval_tasks(env, ev.tasks)
+        check_eval_tasks(env, ev.tasks, ev.num_tasks)
         if ev.tasks == "paper":
             return env.unwrapped.paper_test_tasks(ev.num_tasks)
         seed_env(env, ev.seed, "test_tasks")
+        if ev.tasks == "seeded" and implements(env, "sample_test_tasks"):
+            return env.unwrapped.sample_test_tasks(ev.num_tasks)
         return env.unwrapped.sample_tasks(ev.num_tasks)
     finally:
         env.close()

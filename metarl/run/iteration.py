@@ -20,7 +20,8 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
     Returns the batch the outer update runs on, each episode batch packed once after its advantages
     (``maml.pack_episodes``; the inner steps use the same packed batches), and what only the padded
     episodes can tell: ``pre_return``, ``post_return``, ``adapt_returns`` (after each further inner
-    step), ``env_steps``, and seconds spent: ``time_sampling`` (all sampling, advantages and packing),
+    step), ``pre_success`` and ``post_success`` (success rates, for envs that report success),
+    ``env_steps``, and seconds spent: ``time_sampling`` (all sampling, advantages and packing),
     ``time_sampling_valid`` (the post-adaptation batch) and ``time_adapt`` (the inner steps).
     """
     maml, sampler, policy = config.maml, parts.sampler, parts.policy
@@ -33,7 +34,7 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         return episodes, episodes.pack() if maml.pack_episodes else episodes
 
     start = time.perf_counter()
-    train, returns = [], []
+    train, returns, successes = [], [], []
     adapt_time = 0.0
     params = detach_params(expand_params(policy.parameters_dict(), len(tasks)))
     step_size = parts.inner_step_size(config)
@@ -41,6 +42,7 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         episodes, used = sample(params)
         train.append(used)
         returns.append(episodes.mean_return())
+        successes.append(episodes.success_rate())
         adapt_start = time.perf_counter()
         # Only the values are needed to sample after adaptation; the meta-update rebuilds the graph.
         params = detach_params(adapt(policy, params, used, step_size, first_order=True, inner_loss=maml.inner_loss))
@@ -52,6 +54,7 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         "pre_return": returns[0],
         "post_return": episodes.mean_return(),
         "adapt_returns": returns[1:],
+        **({} if successes[0] is None else {"pre_success": successes[0], "post_success": episodes.success_rate()}),
         "env_steps": sum(e.num_steps for e in train) + valid.num_steps,
         "time_sampling": time.perf_counter() - start - adapt_time,
         "time_sampling_valid": valid_time,
@@ -72,5 +75,6 @@ def meta_iteration(config: cfg.Config, parts: Components) -> dict[str, Any]:
         alphas = torch.cat([a.detach().flatten() for a in parts.step_sizes.parameters()])
         outer["inner_lr_mean"], outer["inner_lr_min"], outer["inner_lr_max"] = (
             float(alphas.mean()), float(alphas.min()), float(alphas.max()))
-    returns = {key: sampled.pop(key) for key in ("pre_return", "post_return", "adapt_returns")}
+    returns = {key: sampled.pop(key) for key in ("pre_return", "post_return", "adapt_returns", "pre_success",
+                                                 "post_success") if key in sampled}
     return {**returns, **outer, **sampled, "time_update": update_time}

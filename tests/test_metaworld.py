@@ -1,0 +1,156 @@
+"""Meta-World's ML1, ML10 and ML45 as task families (needs the metaworld extra: ``make test`` runs
+this file in the venv that has it). The missing-extra error is tested in tests/test_success.py."""
+
+import json
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from conftest import TINY_CONFIG, tiny_config_run
+from metarl.cli import main
+from metarl.envs.base import task_to_json
+from metarl.policy import GaussianMLPPolicy
+from metarl.run.rundir import read_metrics
+from metarl.sampler import Sampler
+
+TINY = [*TINY_CONFIG, "eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1", "run.device=cpu"]
+ML1_CONFIGS = ["experiments/ml1_reach.yaml", "experiments/ml1_push.yaml", "experiments/ml1_pick_place.yaml"]
+
+
+metaworld = pytest.importorskip("metaworld", reason="no metaworld extra (pip install -e .[metaworld])")
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS  # noqa: E402
+
+from metarl.envs.metaworld import MetaWorldTask, placements  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ml10():
+    env = gym.make("metarl/ML10-v0")
+    yield env.unwrapped
+    env.close()
+
+
+@pytest.mark.parametrize("name", sorted(ALL_V3_ENVIRONMENTS))
+def test_every_class_passes_check_env(name):
+    env = gym.make("metarl/ML1-v0", task_name=name)
+    try:
+        check_env(env.unwrapped, skip_render_check=True)
+        env.reset(seed=0)
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert isinstance(info["success"], bool) and info["task"].env_name == name
+        assert not terminated and not truncated and np.isfinite(reward)
+    finally:
+        env.close()
+
+
+def test_tasks_round_trip_and_match_metaworlds_own():
+    env = gym.make("metarl/ML1-v0", task_name="push-v3").unwrapped
+    env.reset(seed=1)
+    task = env.sample_tasks(1)[0]
+    assert isinstance(task, MetaWorldTask) and task.split == "train" and 0 <= task.placement < 50
+    assert pickle.loads(pickle.dumps(task)) == task
+    assert MetaWorldTask.from_json(json.loads(json.dumps(task_to_json(task)))) == task
+    # Installing our task resets exactly as installing Meta-World's own task of that placement.
+    bench = metaworld.ML1("push-v3", seed=0)
+    theirs_env = gym.make("metarl/ML1-v0", task_name="push-v3").unwrapped._simulator("push-v3")
+    theirs_env.set_task(bench.train_tasks[task.placement])
+    env.set_task(task)
+    ours, _ = env.reset(seed=3)
+    theirs, _ = theirs_env.reset()
+    assert np.array_equal(ours, theirs)
+    assert env.get_task() == task
+
+
+def test_set_task_builds_each_class_once_and_never_the_benchmark(ml10, monkeypatch):
+    ml10.reset(seed=0)
+    tasks = ml10.sample_tasks(20)
+    monkeypatch.setattr(metaworld, "ML10", lambda *a, **k: pytest.fail("the benchmark was rebuilt"))
+    for task in tasks[:3] + tasks[:3]:
+        ml10.set_task(task)
+    sims = dict(ml10._sims)
+    ml10.set_task(tasks[1])
+    assert ml10._sims == sims and len(sims) == 3  # one simulator per class, kept
+
+
+def test_meta_batches_hold_every_class_in_a_fixed_order(ml10):
+    ml10.reset(seed=5)
+    first = ml10.sample_tasks(40)
+    names = ml10.classes["train"]
+    assert [t.env_name for t in first] == names * 4  # sub-env i keeps its class across meta-iterations
+    for name in names:
+        placements_of = [t.placement for t in first if t.env_name == name]
+        assert len(set(placements_of)) == 4  # no repeats within a class until all 50 are used
+    ml10.reset(seed=5)
+    assert ml10.sample_tasks(40) == first  # the env's own seeded generator
+    assert ml10.sample_tasks(40) != first
+    test = ml10.sample_test_tasks(10)
+    assert {t.env_name for t in test} == set(ml10.classes["test"]) and not set(ml10.classes["test"]) & set(names)
+    assert ml10.task_count_error(15, "train") and ml10.task_count_error(15, "test") is None
+
+
+def test_paper_tasks_are_metaworlds_meta_test_set(ml10):
+    tasks = ml10.paper_test_tasks(200)
+    assert [t.env_name for t in tasks[:5]] == ml10.classes["test"]
+    for name in ml10.classes["test"]:
+        assert sorted(t.placement for t in tasks if t.env_name == name) == list(range(40))
+    with pytest.raises(ValueError, match="eval.num_tasks"):
+        ml10.paper_test_tasks(205)
+
+
+def test_ml1_test_placements_are_not_training_placements():
+    vectors = placements("ML1", "reach-v3", 0)
+    train, test = vectors[("train", "reach-v3")], vectors[("test", "reach-v3")]
+    assert train.shape == test.shape == (50, train.shape[1])
+    assert not any((t == train).all(axis=1).any() for t in test)
+
+
+def test_the_sampler_records_success_for_metaworld():
+    sampler = Sampler("metarl/ML1-v0", {"task_name": "reach-v3"}, horizon=5, seed=0)
+    env = gym.make("metarl/ML1-v0", task_name="reach-v3").unwrapped
+    env.reset(seed=0)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(39, 4, hidden_sizes=(8,))
+    batch = sampler.sample(policy, None, env.sample_tasks(2), 2)
+    assert batch.success is not None and batch.success.shape == (2, 2)
+    assert batch.observations.shape == (2, 2, 5, 39)
+    sampler.close()
+
+
+def test_unknown_task_name_exits_2_listing_the_valid_ones(tmp_path, capsys):
+    args = ["train", "experiments/ml1_reach.yaml", *TINY, "env.kwargs.task_name=reach-v9", f"run.output_dir={tmp_path}",
+            "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "reach-v9" in err and "pick-place-v3" in err and "Traceback" not in err
+
+
+def test_a_tiny_ml1_run_logs_and_evaluates_success(tmp_path):
+    args = ["train", "experiments/ml1_reach.yaml", *TINY, f"run.output_dir={tmp_path}", "run.name=ml1", "--quiet"]
+    assert main(args) == 0
+    (metrics,) = read_metrics(tmp_path / "ml1")
+    assert {"pre_success", "post_success"} <= set(metrics)
+    result = json.loads((tmp_path / "ml1" / "eval.json").read_text())
+    assert result["eval_tasks"] == "paper" and result["final_episodes_per_task"] == 1
+    assert len(result["success_rate"]) == 2 and set(result["per_class_success"]) == {"reach-v3"}
+    assert [t["split"] for t in result["tasks"]] == ["test", "test"]
+    assert main(["evaluate", str(tmp_path / "ml1"), "eval.tasks=train"]) == 0  # meta-train success
+    result = json.loads((tmp_path / "ml1" / "eval.json").read_text())
+    assert [t["split"] for t in result["tasks"]] == ["train", "train"]
+
+
+@pytest.mark.parametrize("path", ML1_CONFIGS)
+def test_every_ml1_config_trains_with_a_tiny_budget(path, tmp_path):
+    tiny_config_run(path, tmp_path, ["eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, batch", [("experiments/ml10.yaml", 10), ("experiments/ml45.yaml", 45)])
+def test_ml10_and_ml45_train_and_evaluate_end_to_end(tmp_path, path, batch):
+    run = tiny_config_run(path, tmp_path, [f"maml.meta_batch_size={batch}", "sampler.episodes_per_task=1",
+                                           "eval.num_tasks=5", "eval.tasks_per_chunk=5"])
+    result = json.loads((run.path / "eval.json").read_text())
+    assert len(result["per_class_success"]) == 5
