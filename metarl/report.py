@@ -12,6 +12,8 @@ gap closed after one step where baselines are found (``--baselines FILE``, else 
 ``baselines.json``), the probability that one setting beats another, and the MAML paper's figure
 for the env beside ours with whether it lies in our interval. Writes ``report.md``,
 ``report.json`` and ``report.png`` (adaptation curves and training curves with interval bands).
+``--metric success`` reports success rates instead of returns, for envs that record
+``info["success"]`` (Meta-World).
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ NOT_SETTINGS = ("run.seed", "run.name", "run.output_dir", "run.device", "run.che
 #: The evaluation protocol, as each eval.json records it (a run may have been re-evaluated with
 #: other eval.* settings than its config's): runs compared in one report must share their test
 #: tasks and batches. The step sizes belong to the method (Meta-SGD adapts with learned ones).
-PROTOCOL = ("env", "eval_tasks", "eval_seed", "num_tasks", "episodes_per_task", "budget")
+PROTOCOL = ("env", "eval_tasks", "eval_seed", "num_tasks", "episodes_per_task", "final_episodes_per_task", "budget")
+#: What a report can be about: eval.json's per-task and mean keys, metrics.jsonl's training keys.
+METRICS = {
+    "return": {"per_task": "per_task_returns", "mean": "mean_return", "training": ("pre_return", "post_return"),
+               "name": "Return", "axis": "return"},
+    "success": {"per_task": "per_task_success", "mean": "success_rate", "training": ("pre_success", "post_success"),
+                "name": "Success rate", "axis": "success rate"},
+}
 
 
 @dataclass
@@ -120,9 +129,14 @@ def group_runs(runs: list[RunResult], by: list[str] | None) -> dict[str, list[Ru
     return groups
 
 
-def check_protocol(runs: list[RunResult]) -> bool:
-    """Refuse runs evaluated with different protocols; True when every run has the same test tasks
-    (then the per-task returns are the strata; otherwise each run is one score)."""
+def check_protocol(runs: list[RunResult], metric: str = "return") -> bool:
+    """Refuse runs evaluated with different protocols, or without ``metric``; True when every run has
+    the same test tasks (then the per-task scores are the strata; otherwise each run is one score)."""
+    keys = METRICS[metric]
+    lacking = [str(r.path) for r in runs if keys["mean"] not in r.eval]
+    if lacking:
+        raise cfg.ConfigError(f"--metric {metric}: no {keys['mean']} in the eval.json of {', '.join(lacking)} "
+                              "(an env without info['success'] reports returns only)")
     for key in PROTOCOL:
         values = {_value_text(r.eval.get(key)) for r in runs}
         if len(values) > 1:
@@ -130,14 +144,16 @@ def check_protocol(runs: list[RunResult]) -> bool:
                                   "report them separately, or re-evaluate with `metarl evaluate RUN eval.key=value`")
     # (The number of adaptation steps may differ: the report covers the steps every run has.)
     tasks = {json.dumps(r.eval.get("tasks"), sort_keys=True) for r in runs}
-    return len(tasks) == 1 and all("per_task_returns" in r.eval for r in runs)
+    return len(tasks) == 1 and all(keys["per_task"] in r.eval for r in runs)
 
 
-def scores(members: list[RunResult], step: int, per_task: bool) -> np.ndarray:
-    """``[runs, tasks]`` returns after ``step`` adaptation steps (``[runs, 1]`` run means without per_task)."""
+def scores(members: list[RunResult], step: int, per_task: bool, metric: str = "return") -> np.ndarray:
+    """``[runs, tasks]`` scores (returns, or success rates) after ``step`` adaptation steps
+    (``[runs, 1]`` run means without per_task)."""
+    keys = METRICS[metric]
     if per_task:
-        return np.array([r.eval["per_task_returns"][step] for r in members], dtype=np.float64)
-    return np.array([[r.eval["mean_return"][step]] for r in members], dtype=np.float64)
+        return np.array([r.eval[keys["per_task"]][step] for r in members], dtype=np.float64)
+    return np.array([[r.eval[keys["mean"]][step]] for r in members], dtype=np.float64)
 
 
 def _baselines(members: list[RunResult], shared: dict[str, Any] | None) -> tuple[float, float, str] | None:
@@ -180,46 +196,49 @@ def training_band(members: list[RunResult], key: str, reps: int, seed: int, x: s
 
 def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: dict[str, Any] | None = None,
                  paper: str | None = None, reps: int = 2000, seed: int = 0, x: str = "iteration",
-                 pairs: str = "all") -> dict[str, Any]:
-    """Everything ``report.json`` holds (see the module docstring)."""
-    per_task = check_protocol(runs)
+                 pairs: str = "all", metric: str = "return") -> dict[str, Any]:
+    """Everything ``report.json`` holds (see the module docstring); ``metric``: the returns, or the
+    success rates of envs that report success (no baselines' gap, no paper figure)."""
+    per_task = check_protocol(runs, metric)
+    keys = METRICS[metric]
     groups = group_runs(runs, by)
     env_id = runs[0].flat["env.id"]
     paper = paper if paper is not None else paper_env(env_id)
-    reference = paper_results(paper).get("MAML") if paper and paper != "none" else None
-    out: dict[str, Any] = {"env": env_id, "strata": "test tasks" if per_task else "runs", "reps": reps,
-                           "num_test_tasks": len(runs[0].eval["per_task_returns"][0]) if per_task else None,
+    reference = paper_results(paper).get("MAML") if paper and paper != "none" and metric == "return" else None
+    out: dict[str, Any] = {"env": env_id, "metric": metric, "strata": "test tasks" if per_task else "runs",
+                           "reps": reps, "num_test_tasks": len(runs[0].eval[keys["per_task"]][0]) if per_task else None,
                            "paper_env": paper if reference else None, "training_x": x, "groups": [],
                            "improvement": []}
-    steps = min(len(r.eval["mean_return"]) for r in runs)
+    steps = min(len(r.eval[keys["mean"]]) for r in runs)
     for label, members in groups.items():
         group: dict[str, Any] = {"label": label, "runs": [str(r.path) for r in members],
                                  "seeds": sorted(r.seed for r in members), "steps": list(range(steps)),
                                  "mean": [], "iqm": []}
         for k in range(steps):
-            returns = scores(members, k, per_task)
+            returns = scores(members, k, per_task, metric)
             group["mean"].append(stats.interval(returns, stats.mean, reps, seed).as_dict())
             group["iqm"].append(stats.interval(returns, stats.iqm, reps, seed).as_dict())
-        found = _baselines(members, baselines)
+        found = _baselines(members, baselines) if metric == "return" else None
         if found and steps > 1:
             pretrained, oracle, source = found
             gap = stats.gap_fraction(scores(members, 1, per_task), pretrained, oracle, reps, seed)
             group["gap"] = {"pretrained_1_step": pretrained, "oracle": oracle, "source": source, **gap.as_dict()}
-        group["run_means"] = [[float(r.eval["mean_return"][k]) for r in members] for k in range(steps)]
+        group["run_means"] = [[float(r.eval[keys["mean"]][k]) for r in members] for k in range(steps)]
         if reference:
             means, errors = reference
             group["paper"] = [{"step": k, "mean": means[k], "stderr": errors[k],
                                "in_interval": stats.Estimate(**group["mean"][k]).contains(means[k]),
                                "in_seed_range": min(group["run_means"][k]) <= means[k] <= max(group["run_means"][k])}
                               for k in range(min(steps, len(means)))]
-        group["training"] = {key: training_band(members, key, reps, seed, x) for key in ("pre_return", "post_return")}
+        group["training"] = {key: training_band(members, key, reps, seed, x) for key in keys["training"]}
         out["groups"].append(group)
     labels = list(groups)
     for a, b in itertools.combinations(labels, 2):
         if pairs == "first" and a != labels[0]:
             continue
         for k in range(steps):
-            estimate = stats.improvement(scores(groups[a], k, per_task), scores(groups[b], k, per_task), reps, seed)
+            estimate = stats.improvement(scores(groups[a], k, per_task, metric), scores(groups[b], k, per_task, metric),
+                                         reps, seed)
             out["improvement"].append({"x": a, "y": b, "step": k, **estimate.as_dict()})
     return out
 
@@ -238,7 +257,8 @@ def markdown(report: dict[str, Any]) -> str:
     steps = groups[0]["steps"]
     strata = (f"{report['num_test_tasks']} test tasks as strata" if report["strata"] == "test tasks"
               else "one score per run (the runs' test tasks differ)")
-    lines = [f"Return after k adaptation steps on {report['env']}: mean over seeds and test tasks "
+    name = METRICS[report.get("metric", "return")]["name"]
+    lines = [f"{name} after k adaptation steps on {report['env']}: mean over seeds and test tasks "
              f"[95% stratified-bootstrap interval, {report['reps']} resamples, {strata}].", "",
              f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
     for g in groups:
@@ -299,19 +319,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
         left.plot(g["steps"], mean, "o-", color=color, label=f"{g['label']} ({len(g['seeds'])} seeds)")
         left.fill_between(g["steps"], [e["low"] for e in g["mean"]], [e["high"] for e in g["mean"]], color=color,
                           alpha=0.2)
-        for key, style in (("post_return", "-"), ("pre_return", "--")):
+        before, after = METRICS[report.get("metric", "return")]["training"]
+        for key, style in ((after, "-"), (before, "--")):
             band = g["training"].get(key)
             if band:
                 right.plot(band["x"], band["mean"], style, color=color,
-                           label=f"{g['label']}, {'after' if key == 'post_return' else 'before'} adaptation")
+                           label=f"{g['label']}, {'after' if key == after else 'before'} adaptation")
                 right.fill_between(band["x"], band["low"], band["high"], color=color, alpha=0.15)
         if i == 0 and "paper" in g:
             left.errorbar([p["step"] for p in g["paper"]], [p["mean"] for p in g["paper"]],
                           yerr=[p["stderr"] for p in g["paper"]], fmt="s:", color="black", capsize=3,
                           label=f"MAML paper ({report['paper_env']}), ± s.e.")
-    left.set(xlabel="adaptation steps", ylabel="return", title=f"{report['env']}: adaptation (95% interval)")
+    axis = METRICS[report.get("metric", "return")]["axis"]
+    left.set(xlabel="adaptation steps", ylabel=axis, title=f"{report['env']}: adaptation (95% interval)")
     left.set_xticks(report["groups"][0]["steps"])
-    right.set(xlabel=TRAINING_AXES[report["training_x"]], ylabel="return", title="training (95% band over seeds)")
+    right.set(xlabel=TRAINING_AXES[report["training_x"]], ylabel=axis, title="training (95% band over seeds)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -338,7 +360,7 @@ def cmd_report(args: Any) -> int:
             and not _is_run(Path(args.paths[0])):
         shared = json.loads((Path(args.paths[0]) / "baselines.json").read_text())  # a sweep's, for every seed
     report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps, x=args.x,
-                          pairs=args.pairs)
+                          pairs=args.pairs, metric=args.metric)
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1
                                             and (Path(args.paths[0]) / "sweep.json").is_file() else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
@@ -367,6 +389,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--pairs", choices=("all", "first"), default="all",
                    help="probability of improvement for every pair of groups (default), or of the first group "
                    "against each other one")
+    p.add_argument("--metric", choices=list(METRICS), default="return",
+                   help="what the tables and curves are about: returns (default), or success rates (envs that "
+                   "report info['success'], e.g. Meta-World)")
     p.add_argument("--x", choices=list(TRAINING_AXES), default="iteration",
                    help="what the training curves are drawn against: meta-iterations (default), wall-clock "
                    "seconds (to compare methods at equal time) or env steps")

@@ -130,3 +130,32 @@ def test_runs_evaluated_differently_are_not_pooled(tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "report.json").read_text())["strata"] == "runs"
     assert "c has no eval.json" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_success_rates_are_reported_with_their_intervals_and_training_curves(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    success = {}
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        success[seed] = rng.integers(0, 4, size=(2, 4)) / 3  # [steps][tasks], 3 evaluation episodes per task
+        path = fake_run(runs, f"s{seed}", seed, _returns(seed, 0.0)[:2])
+        result = json.loads((path / "eval.json").read_text())
+        result.update(success_rate=success[seed].mean(1).tolist(), per_task_success=success[seed].tolist())
+        (path / "eval.json").write_text(json.dumps(result))
+        lines = [{**json.loads(line), "pre_success": 0.1 * seed, "post_success": 0.2 * seed}
+                 for line in (path / "metrics.jsonl").read_text().splitlines()]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--metric", "success", "--out", str(out), "--reps", "500"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (group,) = report["groups"]
+    x = np.stack([success[s][1] for s in range(3)])
+    assert report["metric"] == "success" and group["mean"][1] == stats.interval(x, stats.mean, reps=500).as_dict()
+    assert group["training"]["post_success"]["mean"] == pytest.approx([0.2] * 3)
+    assert "gap" not in group and "paper" not in group
+    assert (out / "report.md").read_text().startswith("Success rate after k adaptation steps")
+    # Runs of an env without success cannot be reported on it.
+    plain = tmp_path / "plain"
+    fake_run(plain, "p0", 0, _returns(0, 0.0))
+    assert main(["report", str(plain), "--metric", "success", "--out", str(tmp_path / "r2")]) == 2
+    assert "no success_rate" in capsys.readouterr().err
