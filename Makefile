@@ -46,10 +46,11 @@ lint: setup
 # Lint first (a second), then the suite, then the Meta-World families in their venv; CI runs exactly this.
 test: lint setup-metaworld
 	$(BIN)/python -m pytest
-	$(MW_BIN)/python -m pytest tests/test_metaworld.py
+	METARL_REQUIRE_METAWORLD=1 $(MW_BIN)/python -m pytest tests/test_metaworld.py
 
-test-slow: setup
+test-slow: setup setup-metaworld
 	$(BIN)/python -m pytest -m slow
+	METARL_REQUIRE_METAWORLD=1 $(MW_BIN)/python -m pytest -m slow tests/test_metaworld.py
 
 clean:
 	rm -rf $(VENV) $(MW_VENV) *.egg-info .pytest_cache

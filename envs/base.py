@@ -53,8 +53,9 @@ class TaskEnv(gym.Env):
         raise NotImplementedError
 
     def task_count_error(self, num_tasks: int, split: str) -> str | None:
-        """Why a batch of ``num_tasks`` tasks of ``split`` (``"train"``: a meta-batch; ``"test"``: the
-        evaluation's tasks) does not suit this env, or None. Checked before a run starts; a
+        """Why a batch of ``num_tasks`` tasks of ``split`` (``"train"``: a meta-batch, or training
+        tasks evaluated; ``"test"``: held-out tasks; ``"paper"``: :meth:`paper_test_tasks`) does not
+        suit this env, or None. Checked before a run starts (also for an evaluation's chunks); a
         benchmark whose batches hold each of its classes equally often asks for a multiple."""
         return None
 

@@ -49,8 +49,9 @@ BENCHMARKS = ("ML1", "ML10", "ML45")
 SPLITS = ("train", "test")
 #: Placements per class and split in every Meta-World benchmark (its ``_N_GOALS``).
 PLACEMENTS = 50
-#: Placements per test class in Meta-World's meta-test protocol (its ``metalearning_evaluation``
-#: is run on test envs made with ``total_tasks_per_cls=40``).
+#: Placements per test class in Meta-World's meta-test protocol: ``metaworld/evaluation.py``'s
+#: ``metalearning_evaluation`` is written for "40 goals per test task and meta batch size of 20"
+#: (its comment; ``make_ml_envs`` then takes ``total_tasks_per_cls=40``, the first 40 of each class).
 PAPER_PLACEMENTS = 40
 OBS_DIM, ACT_DIM = 39, 4
 #: The ids :func:`register` registers.
@@ -149,11 +150,16 @@ class MetaWorldEnv(TaskEnv):
 
     # -- the task protocol ----------------------------------------------------------------------
     def task_count_error(self, num_tasks: int, split: str) -> str | None:
-        """Batches hold every class of their split equally often, in a fixed order."""
-        count = len(self.classes[split])
+        """Batches hold every class of their split equally often, in a fixed order (then sub-env ``i``
+        of a sampler always gets class ``i mod n``: one simulator each); the meta-test set has 40
+        placements per class."""
+        count = len(self.classes["test" if split == "paper" else split])
         if num_tasks % count:
             return (f"{self.benchmark}'s batches hold each of its {count} {split} classes equally often: "
                     f"use a multiple of {count}, got {num_tasks}")
+        if split == "paper" and num_tasks > PAPER_PLACEMENTS * count:
+            return (f"Meta-World's {self.benchmark} meta-test has {PAPER_PLACEMENTS * count} tasks "
+                    f"({PAPER_PLACEMENTS} per test class), got {num_tasks}")
         return None
 
     def sample_tasks(self, num_tasks: int) -> list[MetaWorldTask]:
@@ -167,9 +173,9 @@ class MetaWorldEnv(TaskEnv):
         return self._draw("test", num_tasks)
 
     def paper_test_tasks(self, num_tasks: int) -> list[MetaWorldTask]:
-        """Meta-World's meta-test tasks: the first 40 test placements of each test class (its
-        ``metalearning_evaluation`` on envs made with ``total_tasks_per_cls=40``), class by class in
-        turn (task ``i`` of class ``i mod n``); ``num_tasks`` up to 40 per class."""
+        """Meta-World's meta-test tasks: the first 40 test placements of each test class (see
+        :data:`PAPER_PLACEMENTS`), class by class in turn (task ``i`` of class ``i mod n``);
+        ``num_tasks`` up to 40 per class."""
         names = self.classes["test"]
         most = PAPER_PLACEMENTS * len(names)
         if num_tasks > most:

@@ -131,7 +131,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, args.overrides, args.checkpoint)
     print(format_table(result))
-    print(f"wrote {args.run_dir}/eval.json and eval.png")
+    name = "eval_train" if result.get("eval_tasks") == "train" else "eval"
+    print(f"wrote {args.run_dir}/{name}.json and {name}.png")
     return 0
 
 
@@ -169,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run with the paper protocol",
                        description="Adapt the run's meta-learned policy on held-out tasks; "
-                       "writes eval.json and eval.png.")
+                       "writes eval.json and eval.png (eval_train.* with eval.tasks=train).")
     p.add_argument("run_dir", help="a run directory written by `metarl train`")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override config fields, e.g. eval.num_steps=5 eval.step_sizes=[0.1]")

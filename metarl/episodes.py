@@ -177,8 +177,7 @@ class Episodes:
 
     def mean_return(self) -> float:
         """Average undiscounted episode return over all tasks and episodes."""
-        kept = self.episode_mask
-        return float(((self.episode_returns() * kept).sum() / kept.sum().clamp(min=1.0)).item())
+        return self._episode_mean(self.episode_returns())
 
     def task_success_rates(self) -> Tensor | None:
         """Fraction of each task's episodes that succeeded, ``[T]``; None for an env without success."""
@@ -190,10 +189,12 @@ class Episodes:
 
     def success_rate(self) -> float | None:
         """Fraction of all episodes that succeeded; None for an env without success."""
-        if self.success is None:
-            return None
+        return None if self.success is None else self._episode_mean(self.success.to(self.mask.dtype))
+
+    def _episode_mean(self, values: Tensor) -> float:
+        """Mean of a per-episode ``[T, E]`` quantity over the episodes in the batch."""
         kept = self.episode_mask
-        return float(((self.success.to(kept.dtype) * kept).sum() / kept.sum().clamp(min=1.0)).item())
+        return float(((values * kept).sum() / kept.sum().clamp(min=1.0)).item())
 
     def compute_advantages(
         self, gamma: float, gae_lambda: float, ridge: float = 1e-5, normalize: bool = True,
@@ -269,7 +270,12 @@ class ValidSteps:
 
 def concat_episodes(parts: list[Episodes], dim: int = 0) -> Episodes:
     """Batches joined along tasks (``dim=0``: shards of one round) or episodes (``dim=1``: rounds of
-    the same tasks). Fields missing (None) in any part are None in the result."""
+    the same tasks). Fields missing (None) in any part are None in the result, except ``success``:
+    where some parts have it, a part without it (no step of it reported success) did not succeed."""
+    if any(p.success is not None for p in parts):
+        parts = [p if p.success is not None else replace(p, success=torch.zeros_like(p.episode_mask, dtype=torch.bool))
+                 for p in parts]
+
     def cat(name: str) -> Tensor | None:
         values = [getattr(p, name) for p in parts]
         return None if any(v is None for v in values) else torch.cat(values, dim=dim)

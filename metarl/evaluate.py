@@ -22,9 +22,10 @@ from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_param
 from metarl.sampler import BaseSampler
 
 
-def check_eval_tasks(env: gym.Env, source: str, num_tasks: int | None = None) -> None:
+def check_eval_tasks(env: gym.Env, source: str, num_tasks: int | None = None, tasks_per_chunk: int = 0) -> None:
     """Raise a :class:`ConfigError` naming ``eval.tasks`` when ``env`` cannot supply ``source``, or
-    ``eval.num_tasks`` when ``num_tasks`` tasks do not suit it (``TaskEnv.task_count_error``)."""
+    ``eval.num_tasks`` / ``eval.tasks_per_chunk`` when that many tasks do not suit it
+    (``TaskEnv.task_count_error``: for ``paper`` tasks with split ``"paper"``)."""
     if source not in cfg.EVAL_TASK_SOURCES:
         raise cfg.ConfigError(f"eval.tasks: must be one of {', '.join(cfg.EVAL_TASK_SOURCES)}, got {source!r}")
     if source == "paper" and not implements(env, "paper_test_tasks"):
@@ -33,9 +34,11 @@ def check_eval_tasks(env: gym.Env, source: str, num_tasks: int | None = None) ->
             "paper_test_tasks, e.g. metarl/Navigation2D-v0); use eval.tasks=seeded"
         )
     if num_tasks is not None and implements(env, "task_count_error"):
-        error = env.unwrapped.task_count_error(num_tasks, "train" if source == "train" else "test")
-        if error:
-            raise cfg.ConfigError(f"eval.num_tasks: {error}")
+        split = {"train": "train", "paper": "paper"}.get(source, "test")
+        for field, count in (("eval.num_tasks", num_tasks), ("eval.tasks_per_chunk", tasks_per_chunk)):
+            error = env.unwrapped.task_count_error(count, split) if count else None
+            if error:
+                raise cfg.ConfigError(f"{field}: {error}")
 
 
 def evaluate(
@@ -76,12 +79,12 @@ def evaluate(
         ``episodes_per_task``, ``per_task_returns`` ([step][task]) and ``tasks``; for envs that report
         success, ``success_rate`` and ``success_stderr`` (over tasks, aligned with ``steps``),
         ``per_task_success`` ([step][task]) and, for tasks with an ``env_name`` (Meta-World's classes),
-        ``per_class_success`` ({class: [step]}).
+        ``per_class_success`` and ``per_class_success_stderr`` ({class: [step]}, over the class's tasks).
     """
     num_tasks = len(tasks)
     chunk = num_tasks if on_step is not None or tasks_per_chunk <= 0 else tasks_per_chunk
     returns: list[list[torch.Tensor]] = [[] for _ in range(num_steps + 1)]
-    successes: list[list[torch.Tensor]] = [[] for _ in range(num_steps + 1)]
+    successes: list[list[torch.Tensor | None]] = [[] for _ in range(num_steps + 1)]
     used_step_sizes = []
     for begin in range(0, num_tasks, chunk):
         part = tasks[begin:begin + chunk]
@@ -95,8 +98,7 @@ def evaluate(
             episodes = sampler.sample(policy, params, part, episodes_k, budget)
             returns[k].append(episodes.task_mean_returns().cpu().double())
             success = episodes.task_success_rates()
-            if success is not None:
-                successes[k].append(success.cpu().double())
+            successes[k].append(None if success is None else success.cpu().double())
             if k == num_steps:
                 break
             fixed = step_sizes[min(k, len(step_sizes) - 1)]
@@ -118,17 +120,20 @@ def evaluate(
         "per_task_returns": [r.tolist() for r in per_task],
         "tasks": [task_to_json(t) for t in tasks],
     }
-    if all(len(s) == len(r) for s, r in zip(successes, returns, strict=True)) and successes[0]:
-        per_task_success = [torch.cat(s) for s in successes]
+    if any(s is not None for step in successes for s in step):
+        # A chunk in which no step reported success (an env that only says so when it succeeds) had none.
+        per_task_success = [torch.cat([torch.zeros_like(r) if s is None else s for s, r in zip(ss, rs, strict=True)])
+                            for ss, rs in zip(successes, returns, strict=True)]
         result["success_rate"] = [float(s.mean()) for s in per_task_success]
         result["success_stderr"] = [_stderr(s) for s in per_task_success]
         result["per_task_success"] = [s.tolist() for s in per_task_success]
         names = [getattr(t, "env_name", None) for t in tasks]
         if all(isinstance(n, str) for n in names):
-            result["per_class_success"] = {
-                name: [float(s[[i for i, n in enumerate(names) if n == name]].mean()) for s in per_task_success]
-                for name in dict.fromkeys(names)
-            }
+            members = {name: [i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)}
+            result["per_class_success"] = {name: [float(s[rows].mean()) for s in per_task_success]
+                                           for name, rows in members.items()}
+            result["per_class_success_stderr"] = {name: [_stderr(s[rows]) for s in per_task_success]
+                                                  for name, rows in members.items()}
     return result
 
 
@@ -162,7 +167,7 @@ def format_table(result: dict[str, Any]) -> str:
     """The adaptation table: one row per number of steps, mean +- standard error over tasks."""
     success = "success_rate" in result
     lines = [f"{'steps':>5}  {'mean return':>12}  {'s.e.':>7}" + (f"  {'success':>8}  {'s.e.':>6}" if success else "")
-             + f"   ({result['num_tasks']} test tasks)"]
+             + f"   ({result['num_tasks']} {'training' if result.get('eval_tasks') == 'train' else 'test'} tasks)"]
     for i, (step, mean, se) in enumerate(zip(result["steps"], result["mean_return"], result["stderr"], strict=True)):
         line = f"{step:>5}  {mean:>12.2f}  {se:>7.2f}"
         if success:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from metarl.episodes import Episodes, ValidSteps, concat_episodes
 from metarl.policy import GaussianMLPPolicy, Params
-from metarl.sampler import BaseSampler, Sampler
+from metarl.sampler import BaseSampler, Sampler, contiguous_shards
 
 
 class SamplerWorkerError(RuntimeError):
@@ -103,12 +103,6 @@ class _WorkerPool:
 #: Live pools by env, policy and worker settings; Ray is shut down with the last one if metarl started it.
 _POOLS: dict[str, _WorkerPool] = {}
 _STARTED_RAY = False
-
-
-def _shards(num_tasks: int, num_workers: int) -> list[tuple[int, int]]:
-    """Contiguous ``(start, stop)`` task ranges, as even as possible, none empty."""
-    bounds = np.linspace(0, num_tasks, min(num_workers, num_tasks) + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _describe(tasks: list[Any], limit: int = 4) -> str:
@@ -241,7 +235,7 @@ class RaySampler(BaseSampler):
         start = time.perf_counter()
         reset_seed, noise = self.draw_round(len(tasks), episodes_per_task)
         noise = noise.cpu()
-        shards = _shards(len(tasks), self.num_workers)
+        shards = contiguous_shards(len(tasks), self.num_workers)
 
         def submit(k: int) -> Any:
             a, b = shards[k]

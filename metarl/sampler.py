@@ -225,6 +225,13 @@ class VectorStepper(Stepper):
         self.env.close()
 
 
+def contiguous_shards(count: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous ``(start, stop)`` ranges of ``count`` items in ``parts`` shares, as even as possible,
+    none empty (a Ray round's tasks over its workers, a round's sub-envs over worker processes)."""
+    bounds = np.linspace(0, count, min(parts, count) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _vector_success(info: dict[str, Any]) -> np.ndarray | None:
     """``info["success"]`` of a vector env's step as a bool array (None when the env reports none);
     gymnasium marks the sub-envs that gave one in ``info["_success"]``."""
@@ -271,15 +278,22 @@ class ProcessStepper(Stepper):
     """The sub-envs split over ``processes`` worker processes, each stepping its share with a
     SyncVectorEnv, all shares at once. For envs whose step is mostly Python (Meta-World's reward and
     observation code), which one process cannot spread over cores. Sub-env ``i`` resets with the
-    seed SyncVectorEnv gives it, so the episodes equal those of ``sync``."""
+    seed SyncVectorEnv gives it, so the episodes equal those of ``sync``.
+
+    The workers are forked, so task envs registered in this process (a user's module, a test's
+    conftest) exist in them too; a worker that fails or stays silent for ``timeout_s`` seconds on
+    one step ends the stepper (all its workers) with an error naming the env.
+    """
+
+    #: The workers take the cores: the policy runs on one torch thread meanwhile (see _policy_threads).
+    uses_cpu_threads = True
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int, processes: int, horizon: int,
-                 action_dtype: Any, device: torch.device):
+                 action_dtype: Any, device: torch.device, timeout_s: float = 600.0):
         import multiprocessing
 
-        self.env_id, self.device, self.action_dtype = env_id, device, action_dtype
-        bounds = np.linspace(0, num_envs, min(processes, num_envs) + 1).round().astype(int)
-        self.shares = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.env_id, self.device, self.action_dtype, self.timeout_s = env_id, device, action_dtype, timeout_s
+        self.shares = contiguous_shards(num_envs, processes)
         context = multiprocessing.get_context("fork")  # user envs registered in this process stay registered
         self.pipes, self.workers = [], []
         try:
@@ -300,11 +314,16 @@ class ProcessStepper(Stepper):
         out = []
         for k, pipe in enumerate(self.pipes):
             try:
-                status, value = pipe.recv()
+                if pipe.poll(self.timeout_s):
+                    status, value = pipe.recv()
+                else:
+                    status, value = "error", f"no answer within {self.timeout_s:.0f} s"
             except EOFError:
                 status, value = "error", f"worker process exited with code {self.workers[k].exitcode}"
             if status != "ok":
-                raise RuntimeError(f"{self.env_id}: sampler worker {k} of {len(self.pipes)} failed: {value}")
+                count = len(self.pipes)
+                self.close()  # the others may be mid-reply: none of them is reused
+                raise RuntimeError(f"{self.env_id}: sampler worker {k} of {count} failed: {value}")
             out.append(value)
         return out
 
@@ -335,7 +354,7 @@ class ProcessStepper(Stepper):
                 worker.join()
         for pipe in self.pipes:
             pipe.close()
-        self.pipes, self.workers = [], []
+        self.pipes, self.workers, self.shares = [], [], []
 
 
 def _seed_sequence(seed: int | np.random.SeedSequence) -> np.random.SeedSequence:
@@ -514,6 +533,8 @@ class Sampler(BaseSampler):
             raise ValueError(f"sampler.processes must be >= 0, got {processes}")
         self._steppers: dict[int, Stepper] = {}
         self.processes = processes or cpu_cores()
+        #: Whether the env has reported ``info["success"]`` in any round so far.
+        self.reports_success = False
         super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
         env_id, probe = self.env_id, self._probe
         spec = gym.spec(env_id)
@@ -648,7 +669,7 @@ class Sampler(BaseSampler):
                     center + scale * action.reshape(num_envs, -1), alive)
                 if success is not None:  # an episode succeeds if any of its steps does
                     succeeded |= success & alive
-                    reports_success = True
+                    reports_success = self.reports_success = True
                 self._check_finite(obs, reward, alive, env_tasks, t + 1)
                 rewards[:, :, t] = (
                     reward if all_alive else torch.where(alive, reward, 0.0)
@@ -668,9 +689,11 @@ class Sampler(BaseSampler):
             terminated = terminated_at.reshape(episode_shape)
             observations *= mask[..., None]  # padding is zeros (what finished sub-envs were fed is not kept)
             actions *= mask[..., None]
+            # Once an env has reported success, a round in which no step did is a round without one.
             return Episodes(observations, actions, rewards, mask, list(tasks), terminated=terminated,
                             truncated=~terminated, final_observations=final_obs.reshape(*episode_shape, -1),
-                            success=succeeded.reshape(episode_shape) if reports_success else None)
+                            success=succeeded.reshape(episode_shape) if reports_success or self.reports_success
+                            else None)
 
     def _check_finite(self, obs: Tensor, reward: Tensor | None, alive: Tensor, env_tasks: list[Any], step: int) -> None:
         """Raise :class:`NonFiniteEnvError` when a running sub-env returned NaN or inf."""

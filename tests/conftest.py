@@ -98,6 +98,14 @@ class SuccessCounterEnv(CounterEnv):
         return obs, reward, terminated, truncated, {**info, "success": self._t == 2}
 
 
+class SuccessWhenTrueEnv(CounterEnv):
+    """Reports ``info["success"]`` only in the step that succeeds (step 2), as some envs do."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, **({"success": True} if self._t == 2 else {})}
+
+
 class NoProtocolEnv(gym.Env):
     """A plain env without the task protocol."""
 
@@ -123,7 +131,7 @@ class DiscreteTaskEnv(CounterEnv):
 for _id, _cls in [("tests/Counter-v0", CounterEnv), ("tests/NoProtocol-v0", NoProtocolEnv),
                   ("tests/Discrete-v0", DiscreteTaskEnv),
                   ("tests/TruncatingCounter-v0", TruncatingCounterEnv), ("tests/NonFinite-v0", NonFiniteEnv),
-                  ("tests/SuccessCounter-v0", SuccessCounterEnv)]:
+                  ("tests/SuccessCounter-v0", SuccessCounterEnv), ("tests/SuccessWhenTrue-v0", SuccessWhenTrueEnv)]:
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls, max_episode_steps=6)
 

@@ -2,6 +2,7 @@
 this file in the venv that has it). The missing-extra error is tested in tests/test_success.py."""
 
 import json
+import os
 import pickle
 
 import gymnasium as gym
@@ -21,7 +22,10 @@ TINY = [*TINY_CONFIG, "eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1"
 ML1_CONFIGS = ["experiments/ml1_reach.yaml", "experiments/ml1_push.yaml", "experiments/ml1_pick_place.yaml"]
 
 
-metaworld = pytest.importorskip("metaworld", reason="no metaworld extra (pip install -e .[metaworld])")
+if os.environ.get("METARL_REQUIRE_METAWORLD") == "1":  # the Makefile's run in .venv-metaworld: never skip
+    import metaworld
+else:
+    metaworld = pytest.importorskip("metaworld", reason="no metaworld extra (pip install -e .[metaworld])")
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS  # noqa: E402
 
 from metarl.envs.metaworld import MetaWorldTask, placements  # noqa: E402
@@ -56,13 +60,16 @@ def test_tasks_round_trip_and_match_metaworlds_own():
     assert MetaWorldTask.from_json(json.loads(json.dumps(task_to_json(task)))) == task
     # Installing our task resets exactly as installing Meta-World's own task of that placement.
     bench = metaworld.ML1("push-v3", seed=0)
-    theirs_env = gym.make("metarl/ML1-v0", task_name="push-v3").unwrapped._simulator("push-v3")
+    other = gym.make("metarl/ML1-v0", task_name="push-v3").unwrapped
+    theirs_env = other._simulator("push-v3")
     theirs_env.set_task(bench.train_tasks[task.placement])
     env.set_task(task)
     ours, _ = env.reset(seed=3)
     theirs, _ = theirs_env.reset()
     assert np.array_equal(ours, theirs)
     assert env.get_task() == task
+    env.close()
+    other.close()
 
 
 def test_set_task_builds_each_class_once_and_never_the_benchmark(ml10, monkeypatch):
@@ -95,10 +102,16 @@ def test_meta_batches_hold_every_class_in_a_fixed_order(ml10):
 def test_paper_tasks_are_metaworlds_meta_test_set(ml10):
     tasks = ml10.paper_test_tasks(200)
     assert [t.env_name for t in tasks[:5]] == ml10.classes["test"]
+    # The first 40 test placements of each test class of Meta-World's own ML10 (seed 0), each once.
+    theirs = {}
+    for task in metaworld.ML10(seed=0).test_tasks:
+        theirs.setdefault(task.env_name, []).append(tuple(float(v) for v in pickle.loads(task.data)["rand_vec"]))
     for name in ml10.classes["test"]:
-        assert sorted(t.placement for t in tasks if t.env_name == name) == list(range(40))
+        ours = sorted((t.placement, t.rand_vec) for t in tasks if t.env_name == name)
+        assert ours == [(i, theirs[name][i]) for i in range(40)]
     with pytest.raises(ValueError, match="eval.num_tasks"):
         ml10.paper_test_tasks(205)
+    assert "meta-test has 200 tasks" in ml10.task_count_error(205, "paper")
 
 
 def test_ml1_test_placements_are_not_training_placements():
@@ -115,9 +128,10 @@ def test_the_sampler_records_success_for_metaworld():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(39, 4, hidden_sizes=(8,))
     batch = sampler.sample(policy, None, env.sample_tasks(2), 2)
-    assert batch.success is not None and batch.success.shape == (2, 2)
+    assert batch.success is not None and batch.success.shape == (2, 2) and batch.success.dtype == torch.bool
     assert batch.observations.shape == (2, 2, 5, 39)
     sampler.close()
+    env.close()
 
 
 def test_unknown_task_name_exits_2_listing_the_valid_ones(tmp_path, capsys):
@@ -137,9 +151,25 @@ def test_a_tiny_ml1_run_logs_and_evaluates_success(tmp_path):
     assert result["eval_tasks"] == "paper" and result["final_episodes_per_task"] == 1
     assert len(result["success_rate"]) == 2 and set(result["per_class_success"]) == {"reach-v3"}
     assert [t["split"] for t in result["tasks"]] == ["test", "test"]
-    assert main(["evaluate", str(tmp_path / "ml1"), "eval.tasks=train"]) == 0  # meta-train success
-    result = json.loads((tmp_path / "ml1" / "eval.json").read_text())
-    assert [t["split"] for t in result["tasks"]] == ["train", "train"]
+    assert set(result["per_class_success_stderr"]) == {"reach-v3"}
+    assert main(["evaluate", str(tmp_path / "ml1"), "eval.tasks=train"]) == 0  # meta-train success, kept apart
+    train = json.loads((tmp_path / "ml1" / "eval_train.json").read_text())
+    assert [t["split"] for t in train["tasks"]] == ["train", "train"]
+    assert (tmp_path / "ml1" / "eval_train.png").is_file()
+    assert json.loads((tmp_path / "ml1" / "eval.json").read_text()) == result
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.num_tasks=45", "eval.num_tasks: Meta-World's ML1 meta-test has 40 tasks"),
+    ("env.id=metarl/ML10-v0 eval.num_tasks=5 eval.tasks_per_chunk=4",
+     "eval.tasks_per_chunk: ML10's batches hold each of its 5"),
+])
+def test_evaluation_sizes_metaworld_refuses_exit_2_before_training(tmp_path, capsys, override, message):
+    args = ["train", "experiments/ml1_reach.yaml", *TINY, *override.split(), f"run.output_dir={tmp_path}",
+            "run.name=x", "--quiet"]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("path", ML1_CONFIGS)

@@ -73,8 +73,8 @@ def test_success_survives_step_budgets_shipping_and_concatenation():
     assert torch.equal(both.success, batch.success)
 
 
-def run_evaluation(tasks, **kwargs):
-    sampler = Sampler("tests/SuccessCounter-v0", seed=0)
+def run_evaluation(tasks, env_id="tests/SuccessCounter-v0", **kwargs):
+    sampler = Sampler(env_id, seed=0)
     try:
         return evaluate(policy(), sampler, tasks, num_steps=1, step_sizes=(0.1,), episodes_per_task=3, **kwargs)
     finally:
@@ -92,6 +92,23 @@ def test_evaluation_reports_success_per_step_and_task_and_runs_in_chunks():
     # Rewards and success do not depend on the actions here, so chunks change nothing but the noise.
     for key in ("mean_return", "per_task_returns", "success_rate", "per_task_success", "num_tasks", "tasks"):
         assert chunked[key] == whole[key], key
+
+
+def test_an_env_that_reports_success_only_when_true_loses_no_chunk():
+    # The first chunk's episodes all end at step 1 (length 1): no step there says "success" at all.
+    tasks = [LengthTask(1), LengthTask(1), LengthTask(3), LengthTask(4)]
+    whole = run_evaluation(tasks, "tests/SuccessWhenTrue-v0")
+    chunked = run_evaluation(tasks, "tests/SuccessWhenTrue-v0", tasks_per_chunk=2)
+    assert whole["success_rate"] == chunked["success_rate"] == [0.5, 0.5]
+    assert chunked["per_task_success"][0] == [0.0, 0.0, 1.0, 1.0]
+    sampler = Sampler("tests/SuccessWhenTrue-v0", seed=0)
+    first = sampler.sample(policy(), None, [LengthTask(3)], 1)
+    later = sampler.sample(policy(), None, [LengthTask(1)], 1)  # no report, after the env has reported one
+    assert first.success.tolist() == [[True]] and later.success.tolist() == [[False]]
+    joined = concat_episodes([Sampler("tests/SuccessWhenTrue-v0", seed=0).sample(policy(), None, [LengthTask(1)], 1),
+                              first])
+    assert joined.success.tolist() == [[False], [True]]
+    sampler.close()
 
 
 def test_the_last_step_may_sample_other_episodes_per_task(monkeypatch):
@@ -166,9 +183,10 @@ def test_worker_processes_give_the_episodes_of_sync(env_id):
     batches = []
     for mode in ("sync", "processes"):
         sampler = Sampler(env_id, seed=3, vectorization=mode, processes=3, horizon=6)
-        sampler.task_env = gym.make(env_id).unwrapped
-        sampler.task_env.reset(seed=0)
-        tasks = sampler.task_env.sample_tasks(4)
+        task_env = gym.make(env_id)
+        task_env.reset(seed=0)
+        tasks = task_env.unwrapped.sample_tasks(4)
+        task_env.close()
         try:
             assert sampler.mode == mode
             batches.append([sampler.sample(net, None, tasks, 5) for _ in range(2)])  # the stepper is reused
@@ -185,6 +203,8 @@ def test_a_worker_process_that_fails_is_named_and_the_others_are_closed():
     try:
         with pytest.raises(RuntimeError, match=r"tests/FailingCounter-v0: sampler worker 1 of 2 failed: .*fell over"):
             sampler.sample(policy(), None, [LengthTask(3), LengthTask(5)], 2)
+        (stepper,) = sampler._steppers.values()
+        assert stepper.workers == [] and stepper.pipes == []  # every worker ended with the failure
     finally:
         sampler.close()
     assert sampler._steppers == {}

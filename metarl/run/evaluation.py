@@ -20,7 +20,9 @@ EVALUATE_OVERRIDES = ("eval.", "run.device")
 
 
 def run_evaluation(config: cfg.Config, parts: Components, run: RunDir) -> dict[str, Any]:
-    """The test protocol of ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run``."""
+    """The test protocol of ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run``
+    (``eval_train.json`` and ``eval_train.png`` for ``eval.tasks: train``, the meta-train
+    evaluation, which never replaces the held-out one)."""
     ev = config.eval
     tasks = eval_tasks(config)
     # Its own sampler, on the "eval_sampler" stream of eval.seed: the same checkpoint always gives the same eval.json.
@@ -32,8 +34,10 @@ def run_evaluation(config: cfg.Config, parts: Components, run: RunDir) -> dict[s
         sampler.close()
     result = {"env": config.env.id, "eval_tasks": ev.tasks, "eval_seed": ev.seed, **result,
               "time_s": time.perf_counter() - start}
-    atomic_write_bytes(run.path / "eval.json", lambda f: f.write(json.dumps(result, indent=1).encode()))
-    plot_adaptation(result, run.path / "eval.png", title=config.env.id, label=run.path.name)
+    name = "eval_train" if ev.tasks == "train" else "eval"
+    atomic_write_bytes(run.path / f"{name}.json", lambda f: f.write(json.dumps(result, indent=1).encode()))
+    plot_adaptation(result, run.path / f"{name}.png", title=config.env.id + (" (training tasks)" if ev.tasks == "train"
+                                                                              else ""), label=run.path.name)
     return result
 
 

@@ -85,7 +85,8 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
     device = device or resolve(config.run.device)
     task_env = check_task_env(config.env.id, config.env.kwargs)
     try:
-        check_eval_tasks(task_env, config.eval.tasks, config.eval.num_tasks)  # before training, not when it ends
+        # before training, not when it ends
+        check_eval_tasks(task_env, config.eval.tasks, config.eval.num_tasks, config.eval.tasks_per_chunk)
         if implements(task_env, "task_count_error"):
             error = task_env.unwrapped.task_count_error(config.maml.meta_batch_size, "train")
             if error:
@@ -113,7 +114,7 @@ def eval_tasks(config: cfg.Config) -> list[Any]:
     ev = config.eval
     env = gym.make(resolve_env_id(config.env.id), **config.env.kwargs)
     try:
-        check_eval_tasks(env, ev.tasks, ev.num_tasks)
+        check_eval_tasks(env, ev.tasks, ev.num_tasks, ev.tasks_per_chunk)
         if ev.tasks == "paper":
             return env.unwrapped.paper_test_tasks(ev.num_tasks)
         seed_env(env, ev.seed, "test_tasks")

@@ -56,7 +56,7 @@ class Progress(Hook):
 
     def on_iteration(self, state: RunState, metrics: dict[str, Any]) -> None:
         seconds = metrics["time_sampling"] + metrics["time_adapt"] + metrics["time_update"]
-        success = {} if "post_success" not in metrics else {"success": f"{metrics['post_success']:.0%}"}
+        success = {} if metrics.get("post_success") is None else {"success": f"{metrics['post_success']:.0%}"}
         self.bar.set_postfix(pre=f"{metrics['pre_return']:.1f}", post=f"{metrics['post_return']:.1f}", **success,
                              kl=f"{metrics['kl']:.4f}", steps_per_s=f"{metrics['env_steps'] / seconds:.0f}",
                              refresh=False)

@@ -54,7 +54,9 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         "pre_return": returns[0],
         "post_return": episodes.mean_return(),
         "adapt_returns": returns[1:],
-        **({} if successes[0] is None else {"pre_success": successes[0], "post_success": episodes.success_rate()}),
+        # Logged once the env has reported success (a batch in which no step did counts as none).
+        **({} if episodes.success is None and successes[0] is None else
+           {"pre_success": successes[0] or 0.0, "post_success": episodes.success_rate() or 0.0}),
         "env_steps": sum(e.num_steps for e in train) + valid.num_steps,
         "time_sampling": time.perf_counter() - start - adapt_time,
         "time_sampling_valid": valid_time,
