@@ -129,7 +129,7 @@ class MetaWorldEnv(TaskEnv):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # Meta-World's dt: 5 x 2.5 ms
-    task_description = "Meta-World ML1/ML10/ML45: class x goal placement (success rate); needs the metaworld extra"
+    task_description = "class x placement of goal and objects (success rate); metaworld extra"
 
     def __init__(self, benchmark: str = "ML1", task_name: str | None = "reach-v3", benchmark_seed: int = 0,
                  render_mode: str | None = None, camera_name: str = "corner"):

@@ -122,6 +122,8 @@ class RaySampler(BaseSampler):
         address: the Ray cluster to join; None: ``$RAY_ADDRESS`` if set, else a local Ray.
         max_retries: how many times per round a dead worker is replaced and its shard re-run.
         timeout_s: longest a round may take before it is an error.
+        processes: each worker's ``sampler.processes`` (vectorization=processes; 0: one per CPU Ray
+            reserved for it).
     """
 
     def __init__(
@@ -138,12 +140,13 @@ class RaySampler(BaseSampler):
         address: str | None = None,
         max_retries: int = 2,
         timeout_s: float = 600.0,
+        processes: int = 0,
     ):
         ray = import_ray()
         if num_workers < 1:
             raise ValueError(f"ray.workers must be >= 1, got {num_workers}")
         # The workers' own sampler, built here once so that a bad vectorization fails on the driver.
-        local = Sampler(env_id, env_kwargs, horizon, vectorization, "cpu", 0, rescale_actions)
+        local = Sampler(env_id, env_kwargs, horizon, vectorization, "cpu", 0, rescale_actions, processes)
         self._worker_note = local.note.split(" steps through ", 1)[1]
         local.close()
         super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
@@ -164,7 +167,8 @@ class RaySampler(BaseSampler):
         self._check_cpus(others=False)
         self.max_retries, self.timeout_s = max_retries, timeout_s
         self._sampler_kwargs = {"env_id": env_id, "env_kwargs": self.env_kwargs, "horizon": self.horizon,
-                                "vectorization": vectorization, "rescale_actions": rescale_actions}
+                                "vectorization": vectorization, "rescale_actions": rescale_actions,
+                                "processes": processes}
         self._pool: _WorkerPool | None = None
         self._pool_key: str | None = None
         self._params_ref: Any = None

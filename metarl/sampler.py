@@ -328,6 +328,8 @@ class ProcessStepper(Stepper):
         return out
 
     def start(self, tasks: list[Any], seed: int, env_offset: int) -> Tensor:
+        if not self.pipes:
+            raise RuntimeError(f"{self.env_id}: the sampler's worker processes ended after a failure")
         for pipe, (begin, end) in zip(self.pipes, self.shares, strict=True):
             pipe.send(("start", (tasks[begin:end], seed + env_offset + begin)))
         return torch.as_tensor(np.concatenate(self._gather()), dtype=torch.float32, device=self.device)
@@ -339,7 +341,10 @@ class ProcessStepper(Stepper):
         parts = self._gather()
         as_tensor = lambda i, dtype: torch.as_tensor(np.concatenate([p[i] for p in parts]), dtype=dtype,  # noqa: E731
                                                      device=self.device)
-        success = None if parts[0][4] is None else as_tensor(4, torch.bool)
+        success = None
+        if any(p[4] is not None for p in parts):  # a share in which no env said "success" did not succeed
+            success = torch.as_tensor(np.concatenate([np.zeros(len(p[1]), bool) if p[4] is None else p[4]
+                                                      for p in parts]), device=self.device)
         return as_tensor(0, torch.float32), as_tensor(1, torch.float32), as_tensor(2, torch.bool), \
             as_tensor(3, torch.bool), success
 

@@ -114,6 +114,8 @@ class Tracker:
         self.run.log(logged)
         for step, mean in zip(result["steps"], result["mean_return"], strict=True):
             self.run.summary[f"eval/return_after_{step}_steps"] = mean
+        for step, rate in zip(result["steps"], result.get("success_rate", []), strict=False):
+            self.run.summary[f"eval/success_after_{step}_steps"] = rate
 
     def log_videos(self, config: cfg.Config, run_dir: Path, say: Any = print) -> None:
         """Render ``tracking.videos`` test tasks before and after adaptation and log the mp4s; an env

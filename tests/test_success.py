@@ -175,7 +175,7 @@ if "tests/FailingCounter-v0" not in gym.registry:
     gym.register("tests/FailingCounter-v0", entry_point=FailingCounterEnv, max_episode_steps=6)
 
 
-@pytest.mark.parametrize("env_id", ["tests/SuccessCounter-v0", "metarl/Navigation2D-v0"])
+@pytest.mark.parametrize("env_id", ["tests/SuccessCounter-v0", "tests/SuccessWhenTrue-v0", "metarl/Navigation2D-v0"])
 def test_worker_processes_give_the_episodes_of_sync(env_id):
     torch.manual_seed(0)
     obs_dim = 2

@@ -67,7 +67,7 @@ def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train
     try:
         return RaySampler(*args, num_workers=ray.workers,
                           cpus_per_worker=ray.cpus_per_worker, address=ray.address, max_retries=ray.max_retries,
-                          timeout_s=ray.timeout_s)
+                          timeout_s=ray.timeout_s, processes=config.sampler.processes)
     except (ImportError, ValueError) as exc:
         raise cfg.ConfigError(str(exc)) from exc  # the message names the field
 

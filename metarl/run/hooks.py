@@ -140,6 +140,9 @@ class Evaluation(Hook):
     def on_end(self, state: RunState) -> None:
         if not state.config.eval.at_end:
             return
+        # Training is over: the training sampler's sub-envs (worker processes, simulators) go first,
+        # so that they and the evaluation's never take memory together (ML45: 450 simulators).
+        state.parts.sampler.close()
         result = run_evaluation(state.config, state.parts, state.run)
         self.tracker.log_evaluation(result, state.run.path / "eval.png")
         state.say(format_table(result))
