@@ -16,7 +16,7 @@ from metarl.cli import main
 from metarl.envs.base import task_to_json
 from metarl.policy import GaussianMLPPolicy
 from metarl.run.rundir import read_metrics
-from metarl.sampler import Sampler
+from metarl.sampler import Sampler, contiguous_shards
 
 TINY = [*TINY_CONFIG, "eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1", "run.device=cpu"]
 ML1_CONFIGS = ["experiments/ml1_reach.yaml", "experiments/ml1_push.yaml", "experiments/ml1_pick_place.yaml"]
@@ -97,6 +97,17 @@ def test_meta_batches_hold_every_class_in_a_fixed_order(ml10):
     test = ml10.sample_test_tasks(10)
     assert {t.env_name for t in test} == set(ml10.classes["test"]) and not set(ml10.classes["test"]) & set(names)
     assert ml10.task_count_error(15, "train") and ml10.task_count_error(15, "test") is None
+
+
+def test_ray_shards_and_worker_processes_keep_their_classes_across_meta_batches(ml10):
+    # Ray splits a meta-batch's tasks, and worker processes its sub-envs, into contiguous shares: with
+    # the classes in a fixed order, each share holds the same classes at every meta-iteration.
+    ml10.reset(seed=2)
+    batches = [ml10.sample_tasks(20) for _ in range(3)]
+    for shards in (contiguous_shards(20, 3), contiguous_shards(20 * 10, 2)):
+        per_episode = [[t for t in batch for _ in range(10)] if shards[-1][1] == 200 else batch for batch in batches]
+        classes = [[[t.env_name for t in tasks[a:b]] for a, b in shards] for tasks in per_episode]
+        assert classes[0] == classes[1] == classes[2]
 
 
 def test_paper_tasks_are_metaworlds_meta_test_set(ml10):
