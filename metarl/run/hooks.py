@@ -144,7 +144,8 @@ class Evaluation(Hook):
         # so that they and the evaluation's never take memory together (ML45: 450 simulators).
         state.parts.sampler.close()
         result = run_evaluation(state.config, state.parts, state.run)
-        self.tracker.log_evaluation(result, state.run.path / "eval.png")
+        name = "eval_train" if result.get("eval_tasks") == "train" else "eval"
+        self.tracker.log_evaluation(result, state.run.path / f"{name}.png")
         state.say(format_table(result))
         self.tracker.log_videos(state.config, state.run.path, state.say)
 
