@@ -103,6 +103,10 @@ class MAMLConfig:
     outer: str = "trpo"
     """Meta-update: trpo (the paper's), promp (PPO-clipped objective with an inner KL penalty and
     several Adam epochs, section ppo) or adam (one Adam step on the meta-loss, ppo.lr)."""
+    cavia_context: int = 0
+    """CAVIA (Zintgraf et al., 2019) with this many context parameters (0: MAML): a vector fed to
+    the policy beside the observation, zero at the start of every task; the inner loop adapts only
+    it (step inner_lr), the outer loop only the network, through the context's adaptation."""
     emaml: bool = False
     """E-MAML (Stadie et al., 2018): also credit the pre-update episodes with the return after
     adaptation (a score-function term on them, weighted per task by the standardised
@@ -281,7 +285,8 @@ POSITIVE = {
     "run.iterations", "run.checkpoint_every", "maml.baseline_ridge", "ppo.lr", "ppo.epochs", "ppo.clip",
     "ray.workers", "ray.cpus_per_worker", "ray.timeout_s",
 }
-NON_NEGATIVE = {"sampler.processes", "eval.num_steps", "eval.final_episodes_per_task", "eval.tasks_per_chunk",
+NON_NEGATIVE = {"sampler.processes", "maml.cavia_context", "eval.num_steps", "eval.final_episodes_per_task",
+                "eval.tasks_per_chunk",
                 "run.checkpoint_minutes", "trpo.cg_damping", "trpo.tasks_per_group",
                 "tracking.videos", "ppo.inner_kl_coef", "ppo.inner_kl_target", "ray.max_retries"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda", "trpo.cg_subsample"}

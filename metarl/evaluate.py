@@ -17,7 +17,7 @@ import torch
 
 from metarl import config as cfg
 from metarl.envs.base import implements, task_to_json
-from metarl.maml import MetaSGDStepSizes, adapt
+from metarl.maml import MetaSGDStepSizes, adapt, cavia_step_size
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_params
 from metarl.sampler import BaseSampler
 
@@ -60,6 +60,7 @@ def evaluate(
     pack_episodes: bool = True,
     final_episodes_per_task: int = 0,
     tasks_per_chunk: int = 0,
+    context_only: bool = False,
 ) -> dict[str, Any]:
     """Adapt ``policy`` to each task for ``num_steps`` inner steps and record returns after each.
 
@@ -71,7 +72,8 @@ def evaluate(
     protocol on that many tasks at a time, so that the sub-envs and episodes of a large test set
     never sit in memory together; each task's adaptation is its own either way, only the random
     streams of the sampling differ. ``on_step(k, params)`` sees the per-task parameters after ``k``
-    steps (``metarl render`` keeps them); with it the tasks run in one chunk.
+    steps (``metarl render`` keeps them); with it the tasks run in one chunk. ``context_only``
+    (CAVIA): each step adapts only the policy's context, with the step sizes given.
 
     Returns:
         A JSON-ready dict: ``num_tasks``, ``steps`` (0..num_steps), ``mean_return`` and ``stderr``
@@ -103,7 +105,9 @@ def evaluate(
                 break
             fixed = step_sizes[min(k, len(step_sizes) - 1)]
             step_size = learned_step_sizes if learned_step_sizes is not None else fixed
-            used_step_sizes.append("learned" if learned_step_sizes is not None else step_size)
+            used_step_sizes.append("learned" if learned_step_sizes is not None else fixed)
+            if context_only:  # CAVIA
+                step_size = cavia_step_size(fixed)
             episodes.compute_advantages(gamma, gae_lambda, baseline_ridge, normalize_advantages, bootstrap_truncated)
             adapt_on = episodes.pack() if pack_episodes else episodes  # the same step on the valid steps only
             params = detach_params(adapt(policy, params, adapt_on, step_size, first_order=True, inner_loss=inner_loss))
@@ -159,7 +163,7 @@ def evaluate_protocol(
         policy, sampler, tasks, ev.num_steps if num_steps is None else num_steps, tuple(ev.step_sizes),
         ev.episodes_per_task, maml.gamma, maml.gae_lambda, maml.baseline_ridge, maml.normalize_advantages, ev.budget,
         on_step, maml.inner_loss, learned, config.sampler.bootstrap_truncated, maml.pack_episodes,
-        ev.final_episodes_per_task, ev.tasks_per_chunk,
+        ev.final_episodes_per_task, ev.tasks_per_chunk, policy.context_dim > 0,  # CAVIA (baselines have no context)
     )
 
 

@@ -136,13 +136,35 @@ class MetaSGDStepSizes(nn.Module):
         return dict(zip(self.names, self.alphas, strict=True))
 
 
+#: CAVIA's context parameter (``GaussianMLPPolicy(context_dim=...)``): zero at the start of every
+#: task, adapted by the inner loop only, never by the outer loop.
+CONTEXT = "context"
+
+
 def _step_of(step_size: StepSize, name: str) -> float | Tensor:
-    return step_size[name] if isinstance(step_size, dict) else step_size
+    """The step size of parameter ``name``; a dict without it (CAVIA's ``{"context": lr}``) means 0."""
+    return step_size.get(name, 0.0) if isinstance(step_size, dict) else step_size
+
+
+def is_learned(step_size: StepSize) -> bool:
+    """Meta-SGD's step sizes (tensors, meta-parameters) rather than fixed numbers."""
+    return isinstance(step_size, dict) and any(isinstance(v, Tensor) for v in step_size.values())
+
+
+def cavia_step_size(inner_lr: float) -> StepSize:
+    """CAVIA's inner step: ``inner_lr`` on the context, nothing on the network."""
+    return {CONTEXT: inner_lr}
+
+
+def meta_names(theta: Params) -> list[str]:
+    """The names of ``theta`` the outer loop updates: all but CAVIA's context."""
+    return [name for name in theta if name != CONTEXT]
 
 
 def meta_parameters(theta: Params, step_size: StepSize) -> list[Tensor]:
-    """What the outer loop updates: ``theta``'s tensors, then Meta-SGD's step sizes if learned."""
-    return [*theta.values(), *(step_size.values() if isinstance(step_size, dict) else [])]
+    """What the outer loop updates: ``theta``'s tensors (CAVIA's context aside), then Meta-SGD's
+    step sizes if learned."""
+    return [*(theta[name] for name in meta_names(theta)), *(step_size.values() if is_learned(step_size) else [])]
 
 
 def task_kls(old_mean: Tensor, old_std: Tensor, mean: Tensor, std: Tensor, episodes: Episodes) -> Tensor:
@@ -174,10 +196,13 @@ def adapt(
     if not torch.is_grad_enabled() or not all(p.requires_grad for p in params.values()):
         # A value-only call (e.g. under no_grad): differentiate w.r.t. fresh leaves instead.
         params = {name: p.detach().requires_grad_() for name, p in params.items()}
+    # Parameters with a fixed zero step (CAVIA's network) are not adapted: no gradient is taken for them.
+    adapted = [name for name in params if not (isinstance(s := _step_of(step_size, name), float) and s == 0.0)]
     with torch.enable_grad():
         loss = INNER_LOSSES[inner_loss](policy, params, episodes).sum()  # tasks are independent: sum = per-task grads
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-    return {name: p - _step_of(step_size, name) * g for (name, p), g in zip(params.items(), grads, strict=True)}
+        grads = dict(zip(adapted, torch.autograd.grad(loss, [params[n] for n in adapted], create_graph=not first_order),
+                         strict=True))
+    return {name: p - _step_of(step_size, name) * grads[name] if name in grads else p for name, p in params.items()}
 
 
 def adapt_steps(
@@ -322,7 +347,7 @@ class AdaptationJacobian:
         first_order: bool,
         inner_loss: str = "vpg",
     ):
-        self.learned = isinstance(step_size, dict)
+        self.learned = is_learned(step_size)
         self.step_size = {k: v.detach() for k, v in step_size.items()} if self.learned else step_size
         self.names, self.num_tasks, self.first_order = list(theta), train[0].num_tasks, first_order
         self._hessians: list[tuple[list[Tensor], tuple[Tensor, ...]]] = []
@@ -396,8 +421,22 @@ def _meta_problem(
     KL in ``theta_K`` (the Fisher matrix of the post-adaptation policies on the validation episodes):
     no third derivatives are needed. The surrogate's gradient is ``J^T grad_{theta_K} L``. Both
     are summed over tasks (the caller divides by the number of tasks). With Meta-SGD step sizes
-    the meta-parameters are ``theta`` then ``alpha``.
+    the meta-parameters are ``theta`` then ``alpha``. CAVIA's context is adapted but is no
+    meta-parameter: its tangent is zero (it starts at zero for every task) and its part of ``J^T``
+    products is dropped, so ``J`` is the context adaptation's Jacobian in the network's parameters.
     """
+    names, meta = list(theta), meta_names(theta)
+
+    def to_full(vectors: list[Tensor]) -> list[Tensor]:
+        """Meta-parameter vectors in the order of all of ``theta`` (zero for the context), then alpha's."""
+        given = dict(zip(meta, vectors[:len(meta)], strict=True))
+        return [given[n] if n in given else torch.zeros_like(theta[n]) for n in names] + list(vectors[len(meta):])
+
+    def to_meta(vectors: list[Tensor]) -> list[Tensor]:
+        """The meta-parameters' part of vectors in the order of all of ``theta`` (then alpha's)."""
+        full = dict(zip(names, vectors[:len(names)], strict=True))
+        return [full[n] for n in meta] + list(vectors[len(names):])
+
     jacobian = AdaptationJacobian(policy, theta, batch.train, step_size, first_order, inner_loss)
     adapted = {name: p.requires_grad_() for name, p in jacobian.adapted.items()}
     leaves = list(adapted.values())
@@ -412,17 +451,17 @@ def _meta_problem(
         kl_grad = torch.autograd.grad(kl, leaves, create_graph=True)
 
     def product(vectors: list[Tensor]) -> list[Tensor]:
-        tangent = jacobian.jvp(vectors)
+        tangent = jacobian.jvp(to_full(vectors))
         fisher = torch.autograd.grad(sum((g * t).sum() for g, t in zip(kl_grad, tangent, strict=True)), leaves,
                                      retain_graph=True)
-        return jacobian.vjp(list(fisher))
+        return to_meta(jacobian.vjp(list(fisher)))
 
-    gradient = jacobian.vjp(list(loss_grad))
+    gradient = to_meta(jacobian.vjp(list(loss_grad)))
     if batch.exploration is not None:  # E-MAML: theta's direct part, no curvature (the KL bound is unchanged)
         shared = {name: p.detach().requires_grad_() for name, p in theta.items()}
         with torch.enable_grad():
             explore = exploration_loss(policy, shared, batch).sum()
-            direct = torch.autograd.grad(explore, list(shared.values()))
+            direct = to_meta(list(torch.autograd.grad(explore, list(shared.values()))))
         gradient = [g + d for g, d in zip(gradient, direct, strict=False)] + gradient[len(direct):]
         loss = loss + explore
     return _MetaProblem(loss.detach(), gradient, product, old)

@@ -29,11 +29,16 @@ class GaussianMLPPolicy(nn.Module):
     dict may carry an extra leading task dim ``T``; the observations are then ``[T, N, obs_dim]`` and
     task ``t``'s observations go through task ``t``'s parameters (one batched matmul per layer).
 
+    With ``context_dim > 0`` (CAVIA, Zintgraf et al. 2019) the parameters include ``context``, a
+    vector concatenated to the observation at the input (one per task in a per-task ``params``
+    dict); it is zero in the module and CAVIA's inner loop adapts only it.
+
     Args:
         obs_dim, act_dim: sizes of the flat observation and action vectors.
         hidden_sizes: widths of the hidden layers.
         nonlinearity: one of ``NONLINEARITIES`` ("relu", "tanh").
         init_std: initial standard deviation of every action dimension.
+        context_dim: size of CAVIA's context vector (0: none).
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: tuple[int, ...] = (100, 100),
         nonlinearity: str = "relu",
         init_std: float = 1.0,
+        context_dim: int = 0,
     ):
         super().__init__()
         if nonlinearity not in NONLINEARITIES:
@@ -52,18 +58,24 @@ class GaussianMLPPolicy(nn.Module):
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.hidden_sizes = tuple(hidden_sizes)
         self.nonlinearity = nonlinearity
-        sizes = (obs_dim, *self.hidden_sizes)
+        self.context_dim = context_dim
+        sizes = (obs_dim + context_dim, *self.hidden_sizes)
         self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True))
         self.mean = nn.Linear(sizes[-1], act_dim)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         for layer in [*self.hidden, self.mean]:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if context_dim > 0:
+            self.context = nn.Parameter(torch.zeros(context_dim))
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of the action distribution, each ``[..., act_dim]``."""
         act = NONLINEARITIES[self.nonlinearity]
         x = obs
+        if self.context_dim:
+            context = self.context.unsqueeze(-2) if self.context.dim() == 2 and obs.dim() == 3 else self.context
+            x = torch.cat([obs, context.expand(*obs.shape[:-1], self.context_dim)], dim=-1)
         for layer in self.hidden:
             x = act(_linear(x, layer.weight, layer.bias))
         mean = _linear(x, self.mean.weight, self.mean.bias)

@@ -200,7 +200,7 @@ class RaySampler(BaseSampler):
 
     def _workers_for(self, policy: GaussianMLPPolicy) -> _WorkerPool:
         spec = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "hidden_sizes": policy.hidden_sizes,
-                "nonlinearity": policy.nonlinearity}
+                "nonlinearity": policy.nonlinearity, "context_dim": policy.context_dim}
         key = repr((self._sampler_kwargs, spec, self.num_workers, self.cpus_per_worker))
         if key != self._pool_key:
             self._release()

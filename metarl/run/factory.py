@@ -21,7 +21,7 @@ import torch
 from metarl import config as cfg
 from metarl.envs.base import implements
 from metarl.evaluate import check_eval_tasks
-from metarl.maml import MetaSGDStepSizes, StepSize, meta_parameters
+from metarl.maml import MetaSGDStepSizes, StepSize, cavia_step_size, meta_parameters
 from metarl.outer import OuterUpdate, make_outer_update
 from metarl.policy import GaussianMLPPolicy
 from metarl.runtime import resolve_device, seed_env, seed_everything, seed_stream
@@ -49,8 +49,11 @@ class Components:
 
 
 def inner_step_size(step_sizes: MetaSGDStepSizes | None, config: cfg.Config) -> StepSize:
-    """The inner step size: Meta-SGD's learned tensors, or ``maml.inner_lr``."""
-    return step_sizes.as_params() if step_sizes is not None else config.maml.inner_lr
+    """The inner step size: Meta-SGD's learned tensors, CAVIA's ``maml.inner_lr`` on the context
+    only, or ``maml.inner_lr``."""
+    if step_sizes is not None:
+        return step_sizes.as_params()
+    return cavia_step_size(config.maml.inner_lr) if config.maml.cavia_context else config.maml.inner_lr
 
 
 def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train_sampler") -> BaseSampler:
@@ -81,6 +84,7 @@ def resolve(device: str) -> torch.device:
 
 def build(config: cfg.Config, device: torch.device | None = None) -> Components:
     """The components of a run on ``device`` (default: ``run.device`` resolved)."""
+    check_combinations(config)
     seed_everything(config.run.seed)
     device = device or resolve(config.run.device)
     task_env = check_task_env(config.env.id, config.env.kwargs)
@@ -98,12 +102,23 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
         raise
     policy = GaussianMLPPolicy(
         sampler.obs_dim, sampler.act_dim, tuple(config.policy.hidden_sizes), config.policy.nonlinearity,
-        config.policy.init_std,
+        config.policy.init_std, config.maml.cavia_context,
     ).to(device)
     step_sizes = (MetaSGDStepSizes(policy.parameters_dict(), config.maml.inner_lr).to(device)
                   if config.maml.meta_sgd else None)
     outer = make_outer_update(config, meta_parameters(policy.parameters_dict(), inner_step_size(step_sizes, config)))
     return Components(device, sampler, task_env, policy, outer, step_sizes, [sampler.note])
+
+
+def check_combinations(config: cfg.Config) -> None:
+    """Refuse settings that do not go together, naming the fields."""
+    maml = config.maml
+    if maml.cavia_context and maml.meta_sgd:
+        raise cfg.ConfigError("maml.cavia_context: CAVIA adapts only its context, with maml.inner_lr; Meta-SGD learns "
+                              "a step size for every parameter: set maml.meta_sgd=false or maml.cavia_context=0")
+    if maml.cavia_context and maml.emaml:
+        raise cfg.ConfigError("maml.cavia_context: CAVIA with E-MAML's exploration term is not supported: "
+                              "set maml.emaml=false or maml.cavia_context=0")
 
 
 def eval_tasks(config: cfg.Config) -> list[Any]:
