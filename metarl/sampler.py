@@ -241,26 +241,22 @@ def _vector_success(info: dict[str, Any]) -> np.ndarray | None:
 
 
 def _process_worker(pipe: Any, parent_end: Any, env_id: str, env_kwargs: dict[str, Any], num_envs: int,
-                    horizon: int) -> None:
-    """A :class:`ProcessStepper` worker: a SyncVectorEnv of its share of the sub-envs, driven by
-    ``(command, argument)`` messages; deaf to SIGINT like the async workers (the trainer closes it)."""
+                    horizon: int, action_dtype: Any) -> None:
+    """A :class:`ProcessStepper` worker: a sync :class:`VectorStepper` of its share of the sub-envs,
+    driven by ``(command, argument)`` messages; deaf to SIGINT like the async workers (the trainer
+    closes it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent_end.close()
-    env = None
+    stepper = None
     try:
-        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                           vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP}, max_episode_steps=horizon,
-                           **env_kwargs)
+        stepper = VectorStepper(env_id, env_kwargs, num_envs, "sync", horizon, action_dtype, torch.device("cpu"))
         pipe.send(("ok", None))
         while True:
             command, argument = pipe.recv()
             if command == "start":
-                tasks, seed = argument
-                env.set_attr("task", tasks)
-                pipe.send(("ok", env.reset(seed=seed)[0]))
+                pipe.send(("ok", stepper.start(*argument, env_offset=0)))
             elif command == "step":
-                obs, reward, terminated, truncated, info = env.step(argument)
-                pipe.send(("ok", (obs, reward, terminated, truncated, _vector_success(info))))
+                pipe.send(("ok", stepper.step(argument, torch.ones(len(argument), dtype=torch.bool))))
             else:
                 break
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
@@ -269,8 +265,8 @@ def _process_worker(pipe: Any, parent_end: Any, env_id: str, env_kwargs: dict[st
         with contextlib.suppress(BrokenPipeError, OSError):
             pipe.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
-        if env is not None:
-            env.close()
+        if stepper is not None:
+            stepper.close()
         pipe.close()
 
 
@@ -292,7 +288,7 @@ class ProcessStepper(Stepper):
                  action_dtype: Any, device: torch.device, timeout_s: float = 600.0):
         import multiprocessing
 
-        self.env_id, self.device, self.action_dtype, self.timeout_s = env_id, device, action_dtype, timeout_s
+        self.env_id, self.device, self.timeout_s = env_id, device, timeout_s
         self.shares = contiguous_shards(num_envs, processes)
         context = multiprocessing.get_context("fork")  # user envs registered in this process stay registered
         self.pipes, self.workers = [], []
@@ -300,7 +296,7 @@ class ProcessStepper(Stepper):
             for begin, end in self.shares:
                 parent, child = context.Pipe()
                 worker = context.Process(target=_process_worker, daemon=True,
-                                         args=(child, parent, env_id, env_kwargs, end - begin, horizon))
+                                         args=(child, parent, env_id, env_kwargs, end - begin, horizon, action_dtype))
                 worker.start()
                 child.close()
                 self.pipes.append(parent)
@@ -332,21 +328,18 @@ class ProcessStepper(Stepper):
             raise RuntimeError(f"{self.env_id}: the sampler's worker processes ended after a failure")
         for pipe, (begin, end) in zip(self.pipes, self.shares, strict=True):
             pipe.send(("start", (tasks[begin:end], seed + env_offset + begin)))
-        return torch.as_tensor(np.concatenate(self._gather()), dtype=torch.float32, device=self.device)
+        return torch.cat(self._gather()).to(self.device)
 
     def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        actions = actions.cpu().numpy().astype(self.action_dtype)
+        actions = actions.cpu()
         for pipe, (begin, end) in zip(self.pipes, self.shares, strict=True):
             pipe.send(("step", actions[begin:end]))
         parts = self._gather()
-        as_tensor = lambda i, dtype: torch.as_tensor(np.concatenate([p[i] for p in parts]), dtype=dtype,  # noqa: E731
-                                                     device=self.device)
+        joined = [torch.cat([p[i] for p in parts]).to(self.device) for i in range(4)]
         success = None
         if any(p[4] is not None for p in parts):  # a share in which no env said "success" did not succeed
-            success = torch.as_tensor(np.concatenate([np.zeros(len(p[1]), bool) if p[4] is None else p[4]
-                                                      for p in parts]), device=self.device)
-        return as_tensor(0, torch.float32), as_tensor(1, torch.float32), as_tensor(2, torch.bool), \
-            as_tensor(3, torch.bool), success
+            success = torch.cat([torch.zeros_like(p[2]) if p[4] is None else p[4] for p in parts]).to(self.device)
+        return (*joined, success)
 
     def close(self) -> None:
         for pipe in self.pipes:
