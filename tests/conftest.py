@@ -204,3 +204,19 @@ def tiny_config_run(path, tmp_path, overrides=()):
     assert any(not torch.equal(p, trained[name]) for name, p in start.policy.state_dict().items())
     start.close()
     return run
+
+
+def assert_meta_problem_is_double_backprop(problem, loss, kl, num_tasks, meta_params):
+    """The TRPO meta-problem's gradient and three curvature products (``J^T F J`` on random vectors)
+    equal plain double backprop of the mean loss and KL through the whole adaptation."""
+    from metarl.trpo import flat, hessian_vector_product
+
+    reference_grad = flat(torch.autograd.grad(loss * num_tasks, meta_params, retain_graph=True))
+    assert torch.allclose(flat(problem.gradient), reference_grad, atol=1e-12)
+    reference_product = hessian_vector_product(kl * num_tasks, meta_params)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(reference_grad.shape, generator=generator, dtype=torch.float64)
+        vectors = [c.view_as(p) for c, p in zip(torch.split(v, [p.numel() for p in meta_params]), meta_params,
+                                                 strict=True)]
+        assert torch.allclose(flat(problem.product(vectors)), reference_product(v), atol=1e-10)

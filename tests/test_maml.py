@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import metarl.maml as maml
-from conftest import synthetic_episodes
+from conftest import assert_meta_problem_is_double_backprop, synthetic_episodes
 from metarl.episodes import Episodes, concat_episodes
 from metarl.maml import MetaBatch, adapt_steps, log_probs, surrogate_loss, trpo_meta_step
 from metarl.policy import GaussianMLPPolicy, detach_params
@@ -112,15 +112,7 @@ def test_structured_kl_hessian_product_equals_double_backprop_through_the_adapta
     batch = MetaBatch([synthetic_episodes(seed=s) for s in range(inner_steps)], synthetic_episodes(seed=10))
     problem = maml._meta_problem(policy, theta, batch, INNER_LR, first_order)
     loss, kl = maml._meta_objective(policy, theta, batch, INNER_LR, first_order, problem.old)
-    reference_product = hessian_vector_product(kl * batch.num_tasks, list(theta.values()))
-    reference_grad = flat(torch.autograd.grad(loss * batch.num_tasks, list(theta.values()), retain_graph=True))
-    assert torch.allclose(flat(problem.gradient), reference_grad, atol=1e-12)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        v = torch.randn(reference_grad.shape, generator=generator, dtype=torch.float64)
-        vectors = [chunk.view_as(p) for chunk, p in zip(torch.split(v, [p.numel() for p in theta.values()]),
-                                                         theta.values(), strict=True)]
-        assert torch.allclose(flat(problem.product(vectors)), reference_product(v), atol=1e-10)
+    assert_meta_problem_is_double_backprop(problem, loss, kl, batch.num_tasks, list(theta.values()))
 
 
 @pytest.mark.parametrize("first_order", [False, True])
