@@ -13,12 +13,20 @@ STAMP := $(VENV)/.metarl-installed
 
 .PHONY: setup setup-metaworld demo lint test test-slow clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_PIP) "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
+# A venv ($(1)) with the pinned torch first, then metarl with the extras $(2); $@ is its stamp.
+define make_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet $(TORCH_PIP) "$(TORCH)"
+	$(1)/bin/python -m pip install --quiet -e ".[$(2)]"
 	touch $@
+endef
+
+EXTRAS := test,ray
+MW_EXTRAS := test,metaworld
+
+$(STAMP): pyproject.toml
+	$(call make_venv,$(VENV),$(EXTRAS))
 
 setup: $(STAMP)
 
@@ -29,11 +37,7 @@ MW_BIN := $(MW_VENV)/bin
 MW_STAMP := $(MW_VENV)/.metarl-installed
 
 $(MW_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(MW_VENV)
-	$(MW_BIN)/python -m pip install --quiet --upgrade pip
-	$(MW_BIN)/python -m pip install --quiet $(TORCH_PIP) "$(TORCH)"
-	$(MW_BIN)/python -m pip install --quiet -e ".[test,metaworld]"
-	touch $@
+	$(call make_venv,$(MW_VENV),$(MW_EXTRAS))
 
 setup-metaworld: $(MW_STAMP)
 
