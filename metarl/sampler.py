@@ -254,9 +254,10 @@ def _process_worker(pipe: Any, parent_end: Any, env_id: str, env_kwargs: dict[st
         while True:
             command, argument = pipe.recv()
             if command == "start":
-                pipe.send(("ok", stepper.start(*argument, env_offset=0)))
+                pipe.send(("ok", stepper.start(*argument, env_offset=0).numpy()))
             elif command == "step":
-                pipe.send(("ok", stepper.step(argument, torch.ones(len(argument), dtype=torch.bool))))
+                out = stepper.step(torch.from_numpy(argument), torch.ones(len(argument), dtype=torch.bool))
+                pipe.send(("ok", tuple(None if x is None else x.numpy() for x in out)))
             else:
                 break
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
@@ -274,7 +275,8 @@ class ProcessStepper(Stepper):
     """The sub-envs split over ``processes`` worker processes, each stepping its share with a
     SyncVectorEnv, all shares at once. For envs whose step is mostly Python (Meta-World's reward and
     observation code), which one process cannot spread over cores. Sub-env ``i`` resets with the
-    seed SyncVectorEnv gives it, so the episodes equal those of ``sync``.
+    seed SyncVectorEnv gives it, so the episodes equal those of ``sync``. Arrays cross the pipes
+    as numpy: a torch tensor sent through one goes into a new shared-memory segment every step.
 
     The workers are forked, so task envs registered in this process (a user's module, a test's
     conftest) exist in them too; a worker that fails or stays silent for ``timeout_s`` seconds on
@@ -328,17 +330,18 @@ class ProcessStepper(Stepper):
             raise RuntimeError(f"{self.env_id}: the sampler's worker processes ended after a failure")
         for pipe, (begin, end) in zip(self.pipes, self.shares, strict=True):
             pipe.send(("start", (tasks[begin:end], seed + env_offset + begin)))
-        return torch.cat(self._gather()).to(self.device)
+        return torch.from_numpy(np.concatenate(self._gather())).to(self.device)
 
     def step(self, actions: Tensor, alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        actions = actions.cpu()
+        actions = actions.cpu().numpy()
         for pipe, (begin, end) in zip(self.pipes, self.shares, strict=True):
             pipe.send(("step", actions[begin:end]))
         parts = self._gather()
-        joined = [torch.cat([p[i] for p in parts]).to(self.device) for i in range(4)]
+        joined = [torch.from_numpy(np.concatenate([p[i] for p in parts])).to(self.device) for i in range(4)]
         success = None
         if any(p[4] is not None for p in parts):  # a share in which no env said "success" did not succeed
-            success = torch.cat([torch.zeros_like(p[2]) if p[4] is None else p[4] for p in parts]).to(self.device)
+            success = np.concatenate([np.zeros_like(p[2]) if p[4] is None else p[4] for p in parts])
+            success = torch.from_numpy(success).to(self.device)
         return (*joined, success)
 
     def close(self) -> None:
