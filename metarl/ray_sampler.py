@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -283,6 +284,11 @@ class RaySampler(BaseSampler):
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
         episodes = concat_episodes([results[k].episodes() for k in range(len(shards))]).to(self.device)
+        # As the local sampler: once the env has reported success, a round without any has none.
+        if episodes.success is not None:
+            self.reports_success = True
+        elif self.reports_success:
+            episodes = replace(episodes, success=torch.zeros_like(episodes.episode_mask, dtype=torch.bool))
         self.last_round_overhead_s = time.perf_counter() - start - rollout_s
         return episodes
 

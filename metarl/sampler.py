@@ -390,6 +390,9 @@ class BaseSampler(ABC):
         seed: int | np.random.SeedSequence = 0,
         rescale_actions: bool = True,
     ):
+        #: Whether the env has reported ``info["success"]`` in any round so far: from then on a round
+        #: in which no step reported it has ``success`` all False, not None.
+        self.reports_success = False
         env_id = resolve_env_id(env_id)
         probe = check_task_env(env_id, env_kwargs)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
@@ -534,8 +537,6 @@ class Sampler(BaseSampler):
             raise ValueError(f"sampler.processes must be >= 0, got {processes}")
         self._steppers: dict[int, Stepper] = {}
         self.processes = processes or cpu_cores()
-        #: Whether the env has reported ``info["success"]`` in any round so far.
-        self.reports_success = False
         super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
         env_id, probe = self.env_id, self._probe
         spec = gym.spec(env_id)

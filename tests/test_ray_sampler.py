@@ -86,6 +86,24 @@ def test_same_episodes_as_the_local_sampler_whatever_the_number_of_workers(env_i
         local.close()
 
 
+def test_success_over_ray_is_the_local_samplers():
+    # Round 1: only the worker holding task 3 sees a success; round 2 (one task: one worker, the
+    # other one): no env reports any, and both samplers say "no success" (all False), not "no
+    # success criterion" (None).
+    env_id = "ray_envs:ray_envs/LateSuccess-v0"
+    local, remote = Sampler(env_id, seed=0), RaySampler(env_id, seed=0, num_workers=2, cpus_per_worker=0.5)
+    policy = policy_for(local)
+    try:
+        assert local.sample(policy, None, [1, 1], 2).success is None  # not yet seen: no criterion
+        assert remote.sample(policy, None, [1, 1], 2).success is None
+        for tasks, expected in (([1, 3], [[False, False], [True, True]]), ([1], [[False, False]])):
+            ours, theirs = local.sample(policy, None, tasks, 2), remote.sample(policy, None, tasks, 2)
+            assert ours.success.tolist() == theirs.success.tolist() == expected
+    finally:
+        remote.close()
+        local.close()
+
+
 def test_an_exception_in_a_user_env_names_the_env_and_tasks():
     sampler = RaySampler("ray_envs:ray_envs/Faulty-v0", num_workers=2, cpus_per_worker=0.5)
     policy = policy_for(sampler)
