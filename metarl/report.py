@@ -168,6 +168,30 @@ def _baselines(members: list[RunResult], shared: dict[str, Any] | None) -> tuple
     return pretrained, oracle, "one file for all seeds" if shared else f"baselines.json of {len(sources)} run(s)"
 
 
+#: The baselines of experiments/baselines.py, in the order the report lists them.
+BASELINE_METHODS = ("pretrained", "oracle", "random")
+
+
+def baseline_rows(runs: list[RunResult], shared: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each baseline's return after k steps, averaged over the files that hold it: the shared file
+    (a sweep's, trained once for the family) where it has the method, else the runs' own
+    ``baselines.json`` (the random initialisation: one per seed), with the range over those files."""
+    rows = []
+    for method in BASELINE_METHODS:
+        if shared and method in shared:
+            sources, where = [shared[method]], "one file for all seeds"
+        else:
+            sources = [r.baselines[method] for r in runs if r.baselines and r.baselines.get(method)]
+            where = f"baselines.json of {len(sources)} run(s)"
+        if not sources:
+            continue
+        steps = min(len(b["mean_return"]) for b in sources)
+        values = np.array([b["mean_return"][:steps] for b in sources], dtype=np.float64)
+        rows.append({"method": method, "source": where, "files": len(sources), "mean_return": values.mean(0).tolist(),
+                     "min": values.min(0).tolist(), "max": values.max(0).tolist()})
+    return rows
+
+
 #: What the training curves can be drawn against (a metrics.jsonl column each).
 TRAINING_AXES = {"iteration": "meta-iteration", "wall_time": "wall-clock seconds", "total_env_steps": "env steps"}
 
@@ -232,6 +256,7 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
                               for k in range(min(steps, len(means)))]
         group["training"] = {key: training_band(members, key, reps, seed, x) for key in keys["training"]}
         out["groups"].append(group)
+    out["baselines"] = baseline_rows(runs, baselines) if metric == "return" else []
     labels = list(groups)
     for a, b in itertools.combinations(labels, 2):
         if pairs == "first" and a != labels[0]:
@@ -292,6 +317,15 @@ def markdown(report: dict[str, Any]) -> str:
             gap = g["gap"]
             lines.append(f"| {g['label']} | {gap['pretrained_1_step']:.2f} | {gap['oracle']:.2f} | "
                          f"{gap['value']:.0%} [{gap['low']:.0%}, {gap['high']:.0%}] | {gap['source']} |")
+    if report.get("baselines"):
+        lines += ["", "Baselines (experiments/baselines.py): mean return over the test tasks after k steps, "
+                  "averaged over the files holding each (the range over them where there are several):", "",
+                  f"| baseline | files | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
+        for row in report["baselines"]:
+            cells = [f"{m:.2f}" + (f" ({lo:.2f} to {hi:.2f})" if row["files"] > 1 else "")
+                     for m, lo, hi in zip(row["mean_return"], row["min"], row["max"], strict=True)][:len(steps)]
+            cells += [""] * (len(steps) - len(cells))
+            lines.append(f"| {row['method']} | {row['source']} | " + " | ".join(cells) + " |")
     if report["improvement"]:
         lines += ["", "Probability that a run of X scores above a run of Y on a test task:", "",
                   f"| X | Y | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]

@@ -106,6 +106,7 @@ def test_gap_fraction_from_a_shared_baselines_file(tmp_path):
     assert gap["low"] == pytest.approx((4.0 - 2.0) / 8.0) and gap["high"] == pytest.approx((6.0 - 2.0) / 8.0)
     assert report["paper_env"] is None and "paper" not in report["groups"][0]
     assert "Fraction of the pretrained-to-oracle gap" in (tmp_path / "r" / "report.md").read_text()
+    assert [row["method"] for row in report["baselines"]] == ["pretrained", "oracle"]
     # A sweep directory's own baselines.json (trained once for the family) is used without --baselines.
     baselines.rename(runs / "baselines.json")
     assert main(["report", str(runs), "--out", str(tmp_path / "r"), "--paper", "none"]) == 0
@@ -159,3 +160,21 @@ def test_success_rates_are_reported_with_their_intervals_and_training_curves(tmp
     fake_run(plain, "p0", 0, _returns(0, 0.0))
     assert main(["report", str(plain), "--metric", "success", "--out", str(tmp_path / "r2")]) == 2
     assert "no success_rate" in capsys.readouterr().err
+
+
+def test_baselines_table_takes_the_family_file_and_each_seeds_random_init(tmp_path):
+    runs = tmp_path / "sweep"
+    for seed, random_init in enumerate(([-20.0, -19.0], [-24.0, -22.0], [-22.0, -21.0])):
+        fake_run(runs, f"seed-{seed}", seed, [[0.0], [5.0]], tasks=TASKS[:1],
+                 baselines={"random": {"mean_return": random_init}, "pretrained": {"mean_return": [9.0, 9.0]}})
+    (runs / "baselines.json").write_text(json.dumps({"pretrained": {"mean_return": [1.0, 2.0]},
+                                                     "oracle": {"mean_return": [10.0]}}))
+    assert main(["report", str(runs), "--out", str(tmp_path / "r"), "--paper", "none"]) == 0
+    rows = {row["method"]: row for row in json.loads((tmp_path / "r" / "report.json").read_text())["baselines"]}
+    assert rows["pretrained"]["mean_return"] == [1.0, 2.0]  # the family's file, not the runs' own
+    assert rows["oracle"]["mean_return"] == [10.0] and rows["oracle"]["files"] == 1
+    assert rows["random"]["files"] == 3 and rows["random"]["mean_return"] == pytest.approx([-22.0, -62.0 / 3])
+    assert rows["random"]["min"] == [-24.0, -22.0] and rows["random"]["max"] == [-20.0, -19.0]
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| random | baselines.json of 3 run(s) | -22.00 (-24.00 to -20.00) | -20.67 (-22.00 to -19.00) |" in text
+    assert "| oracle | one file for all seeds | 10.00 |  |" in text
