@@ -23,7 +23,7 @@ define make_venv
 endef
 
 EXTRAS := test,ray
-MW_EXTRAS := test,metaworld
+MW_EXTRAS := test,metaworld,ray
 
 $(STAMP): pyproject.toml
 	$(call make_venv,$(VENV),$(EXTRAS))

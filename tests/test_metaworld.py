@@ -110,6 +110,39 @@ def test_ray_shards_and_worker_processes_keep_their_classes_across_meta_batches(
         assert classes[0] == classes[1] == classes[2]
 
 
+def test_ray_workers_sample_the_local_samplers_episodes_and_success(ml10):
+    # Each worker holds the classes of its contiguous share of the meta-batch (see above) and
+    # samples what the local sampler does, success included.
+    if os.environ.get("METARL_REQUIRE_METAWORLD") == "1":  # the Makefile's venv has the ray extra too
+        import ray
+    else:
+        ray = pytest.importorskip("ray", reason="no ray extra (pip install -e .[ray])")
+    from metarl.ray_sampler import RaySampler
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "MUJOCO_GL": "egl"}})
+    local = Sampler("metarl/ML10-v0", horizon=4, seed=1)
+    remote = None
+    try:
+        remote = RaySampler("metarl/ML10-v0", horizon=4, seed=1, num_workers=2, cpus_per_worker=1.0)
+        torch.manual_seed(0)
+        policy = GaussianMLPPolicy(39, 4, hidden_sizes=(8,))
+        ml10.reset(seed=0)
+        tasks = ml10.sample_tasks(10)
+        for _ in range(2):  # the second round reuses each worker's simulators
+            ours, theirs = local.sample(policy, None, tasks, 2), remote.sample(policy, None, tasks, 2)
+            for name in ("observations", "actions", "rewards", "mask", "success"):
+                assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+            assert theirs.success.dtype == torch.bool and theirs.tasks == tasks
+    finally:
+        if remote is not None:
+            remote.close()
+        local.close()
+        ray.shutdown()
+
+
 def test_paper_tasks_are_metaworlds_meta_test_set(ml10):
     tasks = ml10.paper_test_tasks(200)
     assert [t.env_name for t in tasks[:5]] == ml10.classes["test"]
