@@ -26,6 +26,19 @@ def versions() -> dict[str, str]:
     return found
 
 
+def version_changes(recorded: dict[str, str] | None) -> str:
+    """The packages whose version differs between a checkpoint (its ``versions``) and this process,
+    as "mujoco 3.3.7 there, 3.3.0 here, ..." ("" when none does, or the checkpoint recorded none).
+    The simulator's and torch's floating point may differ between versions: episodes then diverge
+    from the recorded ones within a few steps, so a resumed run is no longer bit-identical to an
+    uninterrupted one and a re-evaluation matches ``eval.json`` only statistically."""
+    if not recorded:
+        return ""
+    here = versions()
+    return ", ".join(f"{name} {recorded[name]} there, {here[name]} here"
+                     for name in PACKAGES if name in recorded and recorded[name] != here[name])
+
+
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used: unreadable, truncated, or not fitting the run's config."""
 

@@ -9,12 +9,14 @@ its directory.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from metarl import config as cfg
+from metarl.checkpoint import version_changes
 from metarl.run.factory import Components, build, resolve
 from metarl.run.hooks import default_hooks
 from metarl.run.loop import RunState, TrainingInterrupted, run_loop
@@ -71,6 +73,10 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
             f"A resumed run only accepts changes to {', '.join(RESUME_OVERRIDES)}: restore those fields, "
             "or start a new run with the new config"
         )
+    changed = version_changes(saved.get("versions"))
+    if changed:
+        print(f"metarl train: warning: {path} was written with other package versions ({changed}): the "
+              "resumed run will not be bit-identical to an uninterrupted one", file=sys.stderr, flush=True)
     start = int(saved["iteration"])
     if start > config.run.iterations or (start == config.run.iterations and saved.get("finished", True)):
         raise cfg.ConfigError(

@@ -57,6 +57,27 @@ def test_resume_rejects_changes_to_the_run_and_finished_runs(tmp_path, tiny_run_
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
 
 
+def test_resume_and_evaluate_warn_when_the_checkpoint_had_other_package_versions(tmp_path, tiny_run_args, capsys,
+                                                                                  monkeypatch):
+    assert main(["train", NAV, *tiny_run_args, "eval.at_end=false", "run.name=r", "--quiet"]) == 0
+    run = tmp_path / "r"
+    assert main(["train", "--resume", str(run), "run.iterations=3", "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err  # same versions: nothing to say
+    state = load_checkpoint(run / CHECKPOINT)
+    here = checkpoint.versions()
+    monkeypatch.setattr(checkpoint, "versions", lambda: {**here, "mujoco": "0.0.1"})
+    save_checkpoint(run / CHECKPOINT, state)  # as if written under another mujoco
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "run.iterations=4", "--quiet"]) == 0
+    assert f"other package versions (mujoco 0.0.1 there, {here['mujoco']} here)" in capsys.readouterr().err
+    state = load_checkpoint(run / CHECKPOINT)
+    monkeypatch.setattr(checkpoint, "versions", lambda: {**here, "torch": "1.0"})
+    save_checkpoint(run / CHECKPOINT, state)
+    monkeypatch.undo()
+    evaluate_run(run, ["eval.num_tasks=2", "eval.episodes_per_task=2", "eval.num_steps=1"])
+    assert f"(torch 1.0 there, {here['torch']} here)" in capsys.readouterr().err
+
+
 def test_best_checkpoint_holds_the_best_post_adaptation_return(tmp_path, tiny_run_args):
     assert main(["train", NAV, *with_iterations(tiny_run_args, 4), "eval.at_end=false", "run.name=b", "--quiet"]) == 0
     metrics = read_metrics(tmp_path / "b")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from metarl import config as cfg
-from metarl.checkpoint import atomic_write_bytes
+from metarl.checkpoint import atomic_write_bytes, version_changes
 from metarl.evaluate import evaluate_protocol
 from metarl.plots import plot_adaptation
 from metarl.run.factory import Components, build, eval_tasks, make_sampler
@@ -52,7 +53,13 @@ def evaluate_run(
     parts = build(config)
     try:
         path = Path(checkpoint) if checkpoint else run.checkpoint()
-        load_meta_parameters(parts, run.load_checkpoint(path, parts.device), path)
+        saved = run.load_checkpoint(path, parts.device)
+        changed = version_changes(saved.get("versions"))
+        if changed:
+            print(f"metarl evaluate: warning: {path} was trained with other package versions ({changed}): the "
+                  "episodes differ from that run's, so the figures may differ from its eval.json within their "
+                  "noise", file=sys.stderr, flush=True)
+        load_meta_parameters(parts, saved, path)
         return run_evaluation(config, parts, run)
     finally:
         parts.close()
