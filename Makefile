@@ -11,35 +11,17 @@ TORCH_PIP ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.metarl-installed
 
-.PHONY: setup setup-metaworld demo lint test test-slow clean
+.PHONY: setup demo lint test test-slow clean
 
-# A venv ($(1)) with the pinned torch first, then metarl with the extras $(2); $@ is its stamp.
-define make_venv
-	$(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install --quiet --upgrade pip
-	$(1)/bin/python -m pip install --quiet $(TORCH_PIP) "$(TORCH)"
-	$(1)/bin/python -m pip install --quiet -e ".[$(2)]"
-	touch $@
-endef
-
-EXTRAS := test,ray
-MW_EXTRAS := test,metaworld,ray
-
+# The venv with the pinned torch first, then metarl with its test, Ray and Meta-World extras.
 $(STAMP): pyproject.toml
-	$(call make_venv,$(VENV),$(EXTRAS))
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test,ray,metaworld]"
+	touch $@
 
 setup: $(STAMP)
-
-# Meta-World pins mujoco 3.3.0: its families are tested in a venv of their own, so that the main
-# venv (and the results it trains) keeps the newest mujoco 3.3.x.
-MW_VENV ?= .venv-metaworld
-MW_BIN := $(MW_VENV)/bin
-MW_STAMP := $(MW_VENV)/.metarl-installed
-
-$(MW_STAMP): pyproject.toml
-	$(call make_venv,$(MW_VENV),$(MW_EXTRAS))
-
-setup-metaworld: $(MW_STAMP)
 
 demo: setup
 	$(BIN)/metarl train experiments/navigation2d_quick.yaml
@@ -47,14 +29,12 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# Lint first (a second), then the suite, then the Meta-World families in their venv; CI runs exactly this.
-test: lint setup-metaworld
-	$(BIN)/python -m pytest
-	METARL_REQUIRE_METAWORLD=1 $(MW_BIN)/python -m pytest tests/test_metaworld.py
+# Lint first (a second), then the suite, Meta-World's families included (never skipped here); CI runs exactly this.
+test: lint
+	METARL_REQUIRE_METAWORLD=1 $(BIN)/python -m pytest
 
-test-slow: setup setup-metaworld
-	$(BIN)/python -m pytest -m slow
-	METARL_REQUIRE_METAWORLD=1 $(MW_BIN)/python -m pytest -m slow tests/test_metaworld.py
+test-slow: setup
+	METARL_REQUIRE_METAWORLD=1 $(BIN)/python -m pytest -m slow
 
 clean:
-	rm -rf $(VENV) $(MW_VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 from metarl.envs import GoalTask, metaworld, missing_protocol, task_to_json
 from metarl.sampler import registered_task_env_ids
 
-# Meta-World's families need their extra: tests/test_metaworld.py checks them in the venv that has it.
+# Meta-World's families need their extra: tests/test_metaworld.py checks them where it is installed.
 ALL_IDS = [i for i in registered_task_env_ids() if i not in metaworld.IDS]
 MUJOCO_IDS = [i for i in ALL_IDS if "Navigation" not in i]
 

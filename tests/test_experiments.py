@@ -13,7 +13,7 @@ from metarl.envs import metaworld
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-# Meta-World's configs need their extra: tests/test_metaworld.py runs them in the venv that has it.
+# Meta-World's configs need their extra: tests/test_metaworld.py runs them where it is installed.
 CONFIGS = [p for p in sorted(EXPERIMENTS.glob("*.yaml")) if cfg.load(p).env.id not in metaworld.IDS]
 
 

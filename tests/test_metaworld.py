@@ -1,5 +1,5 @@
 """Meta-World's ML1, ML10 and ML45 as task families (needs the metaworld extra: ``make test`` runs
-this file in the venv that has it). The missing-extra error is tested in tests/test_success.py."""
+this file with it installed and never skips it). The missing-extra error is tested in tests/test_success.py."""
 
 import json
 import os
@@ -22,7 +22,7 @@ TINY = [*TINY_CONFIG, "eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1"
 ML1_CONFIGS = ["experiments/ml1_reach.yaml", "experiments/ml1_push.yaml", "experiments/ml1_pick_place.yaml"]
 
 
-if os.environ.get("METARL_REQUIRE_METAWORLD") == "1":  # the Makefile's run in .venv-metaworld: never skip
+if os.environ.get("METARL_REQUIRE_METAWORLD") == "1":  # make test: never skip
     import metaworld
 else:
     metaworld = pytest.importorskip("metaworld", reason="no metaworld extra (pip install -e .[metaworld])")
@@ -113,7 +113,7 @@ def test_ray_shards_and_worker_processes_keep_their_classes_across_meta_batches(
 def test_ray_workers_sample_the_local_samplers_episodes_and_success(ml10):
     # Each worker holds the classes of its contiguous share of the meta-batch (see above) and
     # samples what the local sampler does, success included.
-    if os.environ.get("METARL_REQUIRE_METAWORLD") == "1":  # the Makefile's venv has the ray extra too
+    if os.environ.get("METARL_REQUIRE_METAWORLD") == "1":  # make test's venv has the ray extra too
         import ray
     else:
         ray = pytest.importorskip("ray", reason="no ray extra (pip install -e .[ray])")
