@@ -436,9 +436,10 @@ class BaseSampler(ABC):
         return f"sampler: {self.env_id} ({self.env_class.__name__}) steps through {self.mode}"
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler's random state (reset seeds and action noise), for exact resumption."""
+        """The sampler's random state (reset seeds and action noise) and whether the env has reported
+        success yet, for exact resumption."""
         return {"reset_seeds": self._reset_seeds.bit_generator.state, "noise": self._noise.get_state(),
-                "noise_device": self.device.type}
+                "noise_device": self.device.type, "reports_success": self.reports_success}
 
     def load_state_dict(self, state: dict[str, Any]) -> list[str]:
         """Restore :meth:`state_dict`; returns what could not be restored (empty when everything was).
@@ -446,6 +447,7 @@ class BaseSampler(ABC):
         The action-noise generator's state belongs to one device type: a run resumed on another
         device keeps its fresh noise stream (seeded from the same root) and says so."""
         self._reset_seeds.bit_generator.state = state["reset_seeds"]
+        self.reports_success = bool(state.get("reports_success", False))  # absent from older checkpoints
         saved_on = state.get("noise_device", "cpu")
         if saved_on != self.device.type:
             return [f"the sampler's action noise was saved on {saved_on} and cannot continue on {self.device.type}: "

@@ -73,6 +73,18 @@ def test_success_survives_step_budgets_shipping_and_concatenation():
     assert torch.equal(both.success, batch.success)
 
 
+def test_a_resumed_sampler_remembers_that_the_env_reports_success():
+    # An env that says "success" only when it succeeds: after a round with a success, a round
+    # without one has all-False success, in a sampler restored from the state as in the original.
+    sampler = Sampler("tests/SuccessWhenTrue-v0", seed=0)
+    assert sampler.sample(policy(), None, [LengthTask(1)], 2).success is None  # not seen yet
+    sampler.sample(policy(), None, [LengthTask(3)], 2)
+    restored = Sampler("tests/SuccessWhenTrue-v0", seed=0)
+    restored.load_state_dict(sampler.state_dict())
+    for s in (sampler, restored):
+        assert s.sample(policy(), None, [LengthTask(1)], 2).success.tolist() == [[False, False]]
+
+
 def run_evaluation(tasks, env_id="tests/SuccessCounter-v0", **kwargs):
     sampler = Sampler(env_id, seed=0)
     try:
