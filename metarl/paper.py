@@ -22,6 +22,21 @@ METHOD_NAMES = {"maml": "MAML", "pretrain": "pretrained", "sens0": "pretrained",
 PAPER_ENVS = {"Navigation2D-v0": "point", "HalfCheetahVel-v0": "cheetah", "HalfCheetahDir-v0": "cheetahdirec",
               "AntVel-v0": "ant", "AntDir-v0": "antdirec"}
 
+#: Paper envs whose returns ours compare with directly (same task, dynamics and horizon). The MuJoCo
+#: families ran on rllab's models and horizons, whose returns differ from gymnasium's: for them the
+#: comparable figure is the fraction of the pretrained-to-oracle gap closed after one step.
+COMPARABLE_RETURNS = ("point",)
+
+
+def paper_gap_fraction(env: str) -> float | None:
+    """The paper's ``(MAML_1 - pretrained_1) / (oracle - pretrained_1)`` for ``env`` (returns after
+    one step; the oracle is not adapted), or None where it has no pretrained or oracle result."""
+    results = paper_results(env)
+    if not {"MAML", "pretrained", "oracle"} <= set(results):
+        return None
+    pretrained = results["pretrained"][0][1]
+    return (results["MAML"][0][1] - pretrained) / (results["oracle"][0][0] - pretrained)
+
 
 def paper_env(env_id: str) -> str | None:
     """The paper's name for ``env_id`` (``metarl/Navigation2D-v0`` -> ``point``), or None."""

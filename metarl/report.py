@@ -28,7 +28,7 @@ import numpy as np
 
 from metarl import config as cfg
 from metarl import stats
-from metarl.paper import paper_env, paper_results
+from metarl.paper import COMPARABLE_RETURNS, paper_env, paper_gap_fraction, paper_results
 from metarl.run.rundir import allowed, read_metrics
 
 #: Config fields that say where or how a run was run, not what it is: never a grouping key.
@@ -227,12 +227,16 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
     keys = METRICS[metric]
     groups = group_runs(runs, by)
     env_id = runs[0].flat["env.id"]
+    # The paper's returns where they compare with ours (or where asked for), its gap fraction wherever it has one.
+    shown = paper is not None or paper_env(env_id) in COMPARABLE_RETURNS
     paper = paper if paper is not None else paper_env(env_id)
-    reference = paper_results(paper).get("MAML") if paper and paper != "none" and metric == "return" else None
+    known = bool(paper) and paper != "none" and metric == "return"
+    reference = paper_results(paper).get("MAML") if known and shown else None
+    paper_gap = paper_gap_fraction(paper) if known else None
     out: dict[str, Any] = {"env": env_id, "metric": metric, "strata": "test tasks" if per_task else "runs",
                            "reps": reps, "num_test_tasks": len(runs[0].eval[keys["per_task"]][0]) if per_task else None,
-                           "paper_env": paper if reference else None, "training_x": x, "groups": [],
-                           "improvement": []}
+                           "paper_env": paper if reference or paper_gap is not None else None, "training_x": x,
+                           "groups": [], "improvement": []}
     steps = min(len(r.eval[keys["mean"]]) for r in runs)
     for label, members in groups.items():
         group: dict[str, Any] = {"label": label, "runs": [str(r.path) for r in members],
@@ -247,6 +251,8 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
             pretrained, oracle, source = found
             gap = stats.gap_fraction(scores(members, 1, per_task), pretrained, oracle, reps, seed)
             group["gap"] = {"pretrained_1_step": pretrained, "oracle": oracle, "source": source, **gap.as_dict()}
+            if paper_gap is not None:
+                group["gap"].update(paper=paper_gap, paper_in_interval=gap.contains(paper_gap))
         group["run_means"] = [[float(r.eval[keys["mean"]][k]) for r in members] for k in range(steps)]
         if reference:
             means, errors = reference
@@ -309,14 +315,22 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(_cell(e) for e in g["iqm"]) + " |")
     gaps = [g for g in groups if "gap" in g]
     if gaps:
+        paper = any("paper" in g["gap"] for g in gaps)
         lines += ["", "Fraction of the pretrained-to-oracle gap closed after one step "
-                  "(the baselines taken as fixed):", "",
-                  "| setting | pretrained, 1 step | oracle | gap closed | baselines |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "(the baselines taken as fixed)"
+                  + (f", and the MAML paper's ({report['paper_env']}), whether in our interval" if paper else "")
+                  + ":", "",
+                  "| setting | pretrained, 1 step | oracle | gap closed | baselines |"
+                  + (" paper | in? |" if paper else ""),
+                  "| --- | --- | --- | --- | --- |" + (" --- | --- |" if paper else "")]
         for g in gaps:
             gap = g["gap"]
-            lines.append(f"| {g['label']} | {gap['pretrained_1_step']:.2f} | {gap['oracle']:.2f} | "
-                         f"{gap['value']:.0%} [{gap['low']:.0%}, {gap['high']:.0%}] | {gap['source']} |")
+            line = (f"| {g['label']} | {gap['pretrained_1_step']:.2f} | {gap['oracle']:.2f} | "
+                    f"{gap['value']:.0%} [{gap['low']:.0%}, {gap['high']:.0%}] | {gap['source']} |")
+            if paper:
+                line += (f" {gap['paper']:.0%} | {'yes' if gap['paper_in_interval'] else 'no'} |" if "paper" in gap
+                         else " | |")
+            lines.append(line)
     if report.get("baselines"):
         lines += ["", "Baselines (experiments/baselines.py): mean return over the test tasks after k steps, "
                   "averaged over the files holding each (the range over them where there are several):", "",
@@ -418,7 +432,9 @@ def add_arguments(p: Any) -> None:
                    "group's gap fraction (default: the sweep directory's baselines.json when one sweep is given, "
                    "else each run's own)")
     p.add_argument("--paper", metavar="ENV", help="the MAML paper's env to compare with (point, cheetah, "
-                   "cheetahdirec, ant, antdirec; 'none' for no comparison; default: from the env id)")
+                   "cheetahdirec, ant, antdirec; 'none' for no comparison; default: from the env id, its returns "
+                   "only for 2D navigation, whose returns compare with ours, its gap fraction wherever baselines "
+                   "are found)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--pairs", choices=("all", "first"), default="all",
                    help="probability of improvement for every pair of groups (default), or of the first group "

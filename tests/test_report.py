@@ -178,3 +178,26 @@ def test_baselines_table_takes_the_family_file_and_each_seeds_random_init(tmp_pa
     text = (tmp_path / "r" / "report.md").read_text()
     assert "| random | baselines.json of 3 run(s) | -22.00 (-24.00 to -20.00) | -20.67 (-22.00 to -19.00) |" in text
     assert "| oracle | one file for all seeds | 10.00 |  |" in text
+
+
+def test_mujoco_families_compare_with_the_papers_gap_fraction_not_its_returns(tmp_path):
+    # rllab's HalfCheetah returns are not gymnasium's: by default only the paper's gap fraction
+    # (70% for velocity, from its own MAML, pretrained and oracle results) is set beside ours.
+    runs = tmp_path / "sweep"
+    for seed, after in enumerate((60.0, 80.0)):  # gap fractions 0.6 and 0.8 against the baselines below
+        fake_run(runs, f"seed-{seed}", seed, [[0.0], [after]], ["env.id=metarl/HalfCheetahVel-v0"], tasks=TASKS[:1])
+    (runs / "baselines.json").write_text(json.dumps({"pretrained": {"mean_return": [0.0, 0.0]},
+                                                     "oracle": {"mean_return": [100.0]}}))
+    assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    group = report["groups"][0]
+    assert report["paper_env"] == "cheetah" and "paper" not in group
+    means = paper_results("cheetah")
+    expected = (means["MAML"][0][1] - means["pretrained"][0][1]) / (means["oracle"][0][0] - means["pretrained"][0][1])
+    assert group["gap"]["paper"] == pytest.approx(expected) and round(expected, 2) == 0.70
+    assert group["gap"]["paper_in_interval"]  # 70% lies in [60%, 80%]
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| 70% | yes |" in text and "| MAML paper |" not in text
+    # Asked for by name, the paper's returns are shown as well.
+    assert main(["report", str(runs), "--out", str(tmp_path / "r"), "--paper", "cheetah"]) == 0
+    assert "paper" in json.loads((tmp_path / "r" / "report.json").read_text())["groups"][0]
