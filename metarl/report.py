@@ -178,7 +178,7 @@ def baseline_rows(runs: list[RunResult], shared: dict[str, Any] | None) -> list[
     ``baselines.json`` (the random initialisation: one per seed), with the range over those files."""
     rows = []
     for method in BASELINE_METHODS:
-        if shared and method in shared:
+        if shared and shared.get(method):
             sources, where = [shared[method]], "one file for all seeds"
         else:
             sources = [r.baselines[method] for r in runs if r.baselines and r.baselines.get(method)]
@@ -235,8 +235,7 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
     paper_gap = paper_gap_fraction(paper) if known else None
     out: dict[str, Any] = {"env": env_id, "metric": metric, "strata": "test tasks" if per_task else "runs",
                            "reps": reps, "num_test_tasks": len(runs[0].eval[keys["per_task"]][0]) if per_task else None,
-                           "paper_env": paper if reference or paper_gap is not None else None, "training_x": x,
-                           "groups": [], "improvement": []}
+                           "paper_env": None, "training_x": x, "groups": [], "improvement": []}
     steps = min(len(r.eval[keys["mean"]]) for r in runs)
     for label, members in groups.items():
         group: dict[str, Any] = {"label": label, "runs": [str(r.path) for r in members],
@@ -262,6 +261,8 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
                               for k in range(min(steps, len(means)))]
         group["training"] = {key: training_band(members, key, reps, seed, x) for key in keys["training"]}
         out["groups"].append(group)
+    if any("paper" in g or "paper" in g.get("gap", {}) for g in out["groups"]):  # a paper figure is shown
+        out["paper_env"] = paper
     out["baselines"] = baseline_rows(runs, baselines) if metric == "return" else []
     labels = list(groups)
     for a, b in itertools.combinations(labels, 2):
@@ -334,7 +335,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("baselines"):
         lines += ["", "Baselines (experiments/baselines.py): mean return over the test tasks after k steps, "
                   "averaged over the files holding each (the range over them where there are several):", "",
-                  f"| baseline | files | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
+                  f"| baseline | source | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
         for row in report["baselines"]:
             cells = [f"{m:.2f}" + (f" ({lo:.2f} to {hi:.2f})" if row["files"] > 1 else "")
                      for m, lo, hi in zip(row["mean_return"], row["min"], row["max"], strict=True)][:len(steps)]

@@ -73,10 +73,6 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
             f"A resumed run only accepts changes to {', '.join(RESUME_OVERRIDES)}: restore those fields, "
             "or start a new run with the new config"
         )
-    changed = version_changes(saved.get("versions"))
-    if changed:
-        print(f"metarl train: warning: {path} was written with other package versions ({changed}): the "
-              "resumed run will not be bit-identical to an uninterrupted one", file=sys.stderr, flush=True)
     start = int(saved["iteration"])
     if start > config.run.iterations or (start == config.run.iterations and saved.get("finished", True)):
         raise cfg.ConfigError(
@@ -84,6 +80,10 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
             + (" and its evaluation" if saved.get("finished") else "")
             + f"; pass run.iterations=N with N > {start} to train further"
         )
+    changed = version_changes(saved.get("versions"))
+    if changed:
+        print(f"metarl train: warning: {path} was written with other package versions ({changed}): the "
+              "resumed run will not be bit-identical to an uninterrupted one", file=sys.stderr, flush=True)
     parts = build(config, _resume_device(saved, overrides or [], config))
     try:
         notes = restore_state(parts, saved, path)
