@@ -62,6 +62,15 @@ def skip_unless_ci(reason: str, allow_module_level: bool = False) -> None:
     pytest.skip(reason, allow_module_level=allow_module_level)
 
 
+def init_local_ray(ray) -> None:
+    """Start a local 2-CPU Ray whose workers import from this folder and the repository (the test
+    envs, metarl) and render offscreen."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "MUJOCO_GL": "egl"}})
+
+
 class TruncatingCounterEnv(CounterEnv):
     """:class:`CounterEnv` whose own time limit cuts every episode at step 3 (``truncated=True``)."""
 

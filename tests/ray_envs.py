@@ -40,28 +40,12 @@ class FaultyEnv(TaskEnv):
         return np.array([self._t], dtype=np.float32), 1.0, False, False, {"task": self._task}
 
 
-class LateSuccessEnv(TaskEnv):
-    """Observation ``[t]``; the task is the episode's length, and ``info["success"]`` is reported
-    only at step 2 (True), so an episode of length 1 reports none."""
-
-    def __init__(self):
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self._task, self._t = 1, 0
+class LateSuccessEnv(FaultyEnv):
+    """:class:`FaultyEnv`'s spaces and tasks, but the task is the episode's length, and
+    ``info["success"]`` is reported only at step 2 (True), so an episode of length 1 reports none."""
 
     def sample_tasks(self, num_tasks):
         return [int(n) for n in self.np_random.integers(1, 4, size=num_tasks)]
-
-    def set_task(self, task):
-        self._task = task
-
-    def get_task(self):
-        return self._task
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        return np.array([0.0], dtype=np.float32), {}
 
     def step(self, action):
         self._t += 1

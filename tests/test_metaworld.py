@@ -11,7 +11,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from conftest import TINY_CONFIG, tiny_config_run
+from conftest import TINY_CONFIG, init_local_ray, tiny_config_run
 from metarl.cli import main
 from metarl.envs.base import task_to_json
 from metarl.policy import GaussianMLPPolicy
@@ -119,10 +119,7 @@ def test_ray_workers_sample_the_local_samplers_episodes_and_success(ml10):
         ray = pytest.importorskip("ray", reason="no ray extra (pip install -e .[ray])")
     from metarl.ray_sampler import RaySampler
 
-    tests = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "MUJOCO_GL": "egl"}})
+    init_local_ray(ray)
     local = Sampler("metarl/ML10-v0", horizon=4, seed=1)
     remote = None
     try:

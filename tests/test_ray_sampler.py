@@ -12,7 +12,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from conftest import skip_unless_ci, without_timings
+from conftest import init_local_ray, skip_unless_ci, without_timings
 from metarl import config as cfg
 from metarl.cli import main
 from metarl.policy import GaussianMLPPolicy
@@ -34,9 +34,7 @@ FIELDS = ("observations", "actions", "rewards", "mask")
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One local Ray for the module (workers import the test envs from this folder)."""
-    path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "MUJOCO_GL": "egl"}})
+    init_local_ray(ray)
     yield
     ray.shutdown()
 
