@@ -12,7 +12,10 @@ any experiment config as shipped (``--config FILE``), it measures:
   ceiling.
 - ``sync_vector_steps_per_s`` / ``async_vector_steps_per_s``: the same sampler forced onto gymnasium's
   SyncVectorEnv and AsyncVectorEnv. Async runs one process per sub-env, so it is measured on a small
-  batch (``--async-envs``); its figure is a rate, comparable all the same.
+  batch (``--async-envs``); its figure is a rate, comparable all the same. For Meta-World the sync
+  baseline runs Meta-World's own code, and ``sync_kernels_steps_per_s`` is SyncVectorEnv with
+  metarl's bit-identical replacements of its hottest Python (``metarl.envs.metaworld_kernels``),
+  which the sampler uses: the two gains, kernels and worker processes, apart.
 - ``meta_update_s``: one meta-update on a sampled batch as training runs it (the config's outer
   update, inner loss and step sizes; TRPO with tasks stacked in cache-sized groups);
   for TRPO also ``meta_update_one_group_s`` with all tasks stacked in one group, and
@@ -42,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,9 @@ from mujoco import rollout
 
 import metarl.config as cfg
 from metarl.checkpoint import load_checkpoint
+from metarl.envs import metaworld_kernels
 from metarl.envs.batched import cpu_cores
+from metarl.envs.metaworld import IDS as METAWORLD_IDS
 from metarl.envs.mujoco_batch import MujocoBatchSim
 from metarl.evaluate import evaluate_protocol
 from metarl.maml import trpo_meta_step
@@ -303,7 +308,15 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     row["limit_steps_per_s"] = rollout_limit(config, args.repeats)
     row["sampler_steps_per_s"] = sampler_rate(config, config.sampler.vectorization, args.repeats)
-    row["sync_vector_steps_per_s"] = None if args.no_sync else sampler_rate(config, "sync", max(1, args.repeats - 1))
+    meta_world = resolve_env_id(config.env.id) in METAWORLD_IDS
+
+    def sync_rate() -> float | None:
+        return None if args.no_sync else sampler_rate(config, "sync", max(1, args.repeats - 1))
+
+    # Meta-World's baseline is its own code; with metarl's kernels (which the sampler uses) apart.
+    with metaworld_kernels.stock() if meta_world else nullcontext():
+        row["sync_vector_steps_per_s"] = sync_rate()
+    row["sync_kernels_steps_per_s"] = sync_rate() if meta_world else None
     async_tasks = max(1, args.async_envs // 4)
     row["async_vector_steps_per_s"] = (
         sampler_rate(config, "async", 1, tasks=async_tasks, episodes=max(1, args.async_envs // async_tasks))
@@ -377,7 +390,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.append("")
     lines += [f"{r['env']}: {r['config']} ({r['source']}), {r['threads']} threads, meta-update on "
               f"{'packed' if r['packed'] else 'padded'} episodes"
-              + (f", policy of {r['checkpoint']}" if r["checkpoint"] else "") for r in rows]
+              + (f", policy of {r['checkpoint']}" if r["checkpoint"] else "")
+              + (f"; sync is Meta-World's own code, with metarl's kernels {r['sync_kernels_steps_per_s']:,.0f} steps/s"
+                 f" (sampler {r['sampler_steps_per_s'] / r['sync_kernels_steps_per_s']:.2f}x that)"
+                 if r.get("sync_kernels_steps_per_s") else "") for r in rows]
     return "\n".join(lines)
 
 
