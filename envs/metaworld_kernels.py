@@ -90,7 +90,8 @@ class _MatrixRotation:
     __slots__ = ("_matrix", "_scipy")
 
     def __init__(self, matrix: np.ndarray, scipy_rotation: Any):
-        self._matrix, self._scipy = matrix, scipy_rotation
+        # A copy, as scipy keeps: Meta-World passes a view of the simulator's state.
+        self._matrix, self._scipy = matrix.copy(), scipy_rotation
 
     def as_quat(self, canonical: bool = False, *, scalar_first: bool = False) -> np.ndarray:
         if not canonical and not scalar_first:

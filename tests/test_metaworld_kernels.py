@@ -59,6 +59,11 @@ def test_matrices_scipy_would_fix_or_refuse_go_to_scipy():
     assert quat_from_matrix(mirrored) is None
     with pytest.raises(ValueError, match="determinant"):
         FastRotation(Rotation).from_matrix(mirrored).as_quat()
+    # The rotation is the matrix's when it was made, as scipy's is.
+    view = np.eye(3)
+    rotation = FastRotation(Rotation).from_matrix(view)
+    view[:] = np.diag([1.0, -1.0, -1.0])
+    assert np.array_equal(rotation.as_quat(), [0.0, 0.0, 0.0, 1.0])
     # Other arguments and methods are scipy's own.
     fast = FastRotation(Rotation).from_matrix(np.eye(3))
     assert np.array_equal(fast.as_quat(scalar_first=True), [1.0, 0.0, 0.0, 0.0])
