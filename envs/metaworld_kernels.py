@@ -50,8 +50,8 @@ def quat_from_matrix(matrix: np.ndarray) -> np.ndarray | None:
       ``q_i = 1 - tr R + 2 R_ii``, ``q_j = R_ji + R_ij``, ``q_k = R_ki + R_ik``, ``q_w = R_kj - R_jk``
 
     ``q / sqrt(q_x^2 + q_y^2 + q_z^2 + q_w^2)``, summed in that order. Returns None where scipy
-    would first reorthogonalise the matrix (its Gram matrix is not the identity to 1e-12) or reject
-    it (determinant not positive): the caller then hands the matrix to scipy. Rotation matrices
+    would first reorthogonalise the matrix (its Gram matrix is not the identity to 1e-12), reject
+    it (determinant not positive) or fail (NaN): the caller then hands the matrix to scipy. Rotation matrices
     from MuJoCo are orthogonal to about 1e-16, so that never happens in a Meta-World step.
     """
     (a, b, c), (d, e, f), (g, h, i) = matrix.tolist()
@@ -60,7 +60,7 @@ def quat_from_matrix(matrix: np.ndarray) -> np.ndarray | None:
     off = max(abs(a * d + b * e + c * f), abs(a * g + b * h + c * i), abs(d * g + e * h + f * i))
     diag = max(abs(a * a + b * b + c * c - 1), abs(d * d + e * e + f * f - 1), abs(g * g + h * h + i * i - 1))
     det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
-    if off > 1e-13 or diag > 1e-6 or det < 0.5:
+    if not (off <= 1e-13 and diag <= 1e-6 and det >= 0.5):  # NaN fails these too
         return None
     rows = ((a, b, c), (d, e, f), (g, h, i))
     trace = a + e + i

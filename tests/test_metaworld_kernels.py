@@ -59,6 +59,11 @@ def test_matrices_scipy_would_fix_or_refuse_go_to_scipy():
     assert quat_from_matrix(mirrored) is None
     with pytest.raises(ValueError, match="determinant"):
         FastRotation(Rotation).from_matrix(mirrored).as_quat()
+    diverged = np.eye(3)
+    diverged[0, 0] = np.nan
+    assert quat_from_matrix(diverged) is None
+    with pytest.raises(np.linalg.LinAlgError), np.errstate(invalid="ignore"):
+        FastRotation(Rotation).from_matrix(diverged).as_quat()
     # The rotation is the matrix's when it was made, as scipy's is.
     view = np.eye(3)
     rotation = FastRotation(Rotation).from_matrix(view)
