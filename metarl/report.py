@@ -13,7 +13,10 @@ gap closed after one step where baselines are found (``--baselines FILE``, else 
 for the env beside ours with whether it lies in our interval. Writes ``report.md``,
 ``report.json`` and ``report.png`` (adaptation curves and training curves with interval bands).
 ``--metric success`` reports success rates instead of returns, for envs that record
-``info["success"]`` (Meta-World).
+``info["success"]`` (Meta-World). ``--tasks train`` reports the runs' evaluation on meta-training
+tasks instead (``eval_train.json``, from ``metarl evaluate RUN eval.tasks=train``; Meta-World's
+tables give meta-train success beside meta-test), to ``report_train.*``, without baselines or
+paper figures (both are about test tasks).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ NOT_SETTINGS = ("run.seed", "run.name", "run.output_dir", "run.device", "run.che
 #: tasks and batches. The step sizes belong to the method (Meta-SGD adapts with learned ones).
 PROTOCOL = ("env", "eval_tasks", "eval_seed", "num_tasks", "episodes_per_task", "final_episodes_per_task", "budget")
 #: What a report can be about: eval.json's per-task and mean keys, metrics.jsonl's training keys.
+#: The evaluation each report is about (``--tasks``): the file each run holds it in.
+EVAL_FILES = {"test": "eval.json", "train": "eval_train.json"}
 METRICS = {
     "return": {"per_task": "per_task_returns", "mean": "mean_return", "training": ("pre_return", "post_return"),
                "name": "Return", "axis": "return"},
@@ -64,8 +69,8 @@ def _is_run(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
 
 
-def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
-    """``(evaluated runs, runs without eval.json)`` under ``paths``: run directories, sweep
+def find_runs(paths: list[str | Path], eval_file: str = "eval.json") -> tuple[list[Path], list[Path]]:
+    """``(evaluated runs, runs without eval_file)`` under ``paths``: run directories, sweep
     directories or folders holding them (searched three levels deep), each found once, in order."""
     found: list[Path] = []
     for raw in paths:
@@ -86,15 +91,16 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
     if not unique:
         where = ", ".join(map(str, paths))
         raise FileNotFoundError(f"no run directories (config.yaml and metrics.jsonl) under {where}")
-    return [p for p in unique if (p / "eval.json").is_file()], [p for p in unique if not (p / "eval.json").is_file()]
+    return [p for p in unique if (p / eval_file).is_file()], [p for p in unique if not (p / eval_file).is_file()]
 
 
-def load_run(path: Path) -> RunResult:
+def load_run(path: Path, eval_file: str = "eval.json") -> RunResult:
+    """A run with its evaluation ``eval_file`` and, for the test evaluation, its own baselines."""
     config = cfg.load(path / "config.yaml")
     baselines_path = path / "baselines.json"
-    return RunResult(path, cfg.to_flat_dict(config), json.loads((path / "eval.json").read_text()),
-                     json.loads(baselines_path.read_text()) if baselines_path.is_file() else None,
-                     read_metrics(path))
+    own = baselines_path.is_file() and eval_file == "eval.json"
+    return RunResult(path, cfg.to_flat_dict(config), json.loads((path / eval_file).read_text()),
+                     json.loads(baselines_path.read_text()) if own else None, read_metrics(path))
 
 
 def _value_text(value: Any) -> str:
@@ -220,9 +226,12 @@ def training_band(members: list[RunResult], key: str, reps: int, seed: int, x: s
 
 def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: dict[str, Any] | None = None,
                  paper: str | None = None, reps: int = 2000, seed: int = 0, x: str = "iteration",
-                 pairs: str = "all", metric: str = "return") -> dict[str, Any]:
+                 pairs: str = "all", metric: str = "return", tasks: str = "test") -> dict[str, Any]:
     """Everything ``report.json`` holds (see the module docstring); ``metric``: the returns, or the
-    success rates of envs that report success (no baselines' gap, no paper figure)."""
+    success rates of envs that report success (no baselines' gap, no paper figure); ``tasks``: what
+    the runs' evaluations were on (``test``, or ``train`` for meta-training tasks: no paper figure)."""
+    if tasks == "train":
+        paper = "none"
     per_task = check_protocol(runs, metric)
     keys = METRICS[metric]
     groups = group_runs(runs, by)
@@ -233,7 +242,8 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
     known = bool(paper) and paper != "none" and metric == "return"
     reference = paper_results(paper).get("MAML") if known and shown else None
     paper_gap = paper_gap_fraction(paper) if known else None
-    out: dict[str, Any] = {"env": env_id, "metric": metric, "strata": "test tasks" if per_task else "runs",
+    out: dict[str, Any] = {"env": env_id, "metric": metric, "tasks": tasks,
+                           "strata": "test tasks" if per_task else "runs",
                            "reps": reps, "num_test_tasks": len(runs[0].eval[keys["per_task"]][0]) if per_task else None,
                            "paper_env": None, "training_x": x, "groups": [], "improvement": []}
     steps = min(len(r.eval[keys["mean"]]) for r in runs)
@@ -287,10 +297,11 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables."""
     groups = report["groups"]
     steps = groups[0]["steps"]
-    strata = (f"{report['num_test_tasks']} test tasks as strata" if report["strata"] == "test tasks"
-              else "one score per run (the runs' test tasks differ)")
+    tasks = "test tasks" if report.get("tasks", "test") == "test" else "meta-training tasks"
+    strata = (f"{report['num_test_tasks']} {tasks} as strata" if report["strata"] == "test tasks"
+              else f"one score per run (the runs' {tasks} differ)")
     name = METRICS[report.get("metric", "return")]["name"]
-    lines = [f"{name} after k adaptation steps on {report['env']}: mean over seeds and test tasks "
+    lines = [f"{name} after k adaptation steps on {report['env']}: mean over seeds and {tasks} "
              f"[95% stratified-bootstrap interval, {report['reps']} resamples, {strata}].", "",
              f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
     for g in groups:
@@ -310,7 +321,7 @@ def markdown(report: dict[str, Any]) -> str:
                          + " | ".join(["yes" if p["in_interval"] else "no" for p in g["paper"]] + pad) + " |")
             lines.append(f"| {g['label']}, single seeds | "
                          + " | ".join(f"{min(v):.2f} to {max(v):.2f}" for v in g["run_means"]) + " |")
-    lines += ["", "IQM (interquartile mean over seeds x test tasks):", "",
+    lines += ["", f"IQM (interquartile mean over seeds x {tasks}):", "",
               f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
     for g in groups:
         lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(_cell(e) for e in g["iqm"]) + " |")
@@ -380,7 +391,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
                           yerr=[p["stderr"] for p in g["paper"]], fmt="s:", color="black", capsize=3,
                           label=f"MAML paper ({report['paper_env']}), ± s.e.")
     axis = METRICS[report.get("metric", "return")]["axis"]
-    left.set(xlabel="adaptation steps", ylabel=axis, title=f"{report['env']}: adaptation (95% interval)")
+    left.set(xlabel="adaptation steps", ylabel=axis, title=f"{report['env']}: adaptation"
+             + (" on meta-training tasks" if report.get("tasks") == "train" else "") + " (95% interval)")
     left.set_xticks(report["groups"][0]["steps"])
     right.set(xlabel=TRAINING_AXES[report["training_x"]], ylabel=axis, title="training (95% band over seeds)")
     for ax in (left, right):
@@ -392,11 +404,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def cmd_report(args: Any) -> int:
-    runs, unevaluated = find_runs(args.paths)
+    eval_file = EVAL_FILES[args.tasks]
+    runs, unevaluated = find_runs(args.paths, eval_file)
+    hint = "unfinished?" if args.tasks == "test" else "run `metarl evaluate RUN eval.tasks=train`"
     for path in unevaluated:
-        print(f"metarl report: {path} has no eval.json (unfinished?): left out", flush=True)
+        print(f"metarl report: {path} has no {eval_file} ({hint}): left out", flush=True)
     if not runs:
-        raise FileNotFoundError("none of the runs found has an eval.json: finish or evaluate them first")
+        raise FileNotFoundError(f"none of the runs found has an {eval_file}: "
+                                + ("finish or evaluate them first" if args.tasks == "test" else hint))
     if args.reps < 100:
         raise cfg.ConfigError(f"--reps must be >= 100, got {args.reps}")
     shared = None
@@ -405,20 +420,21 @@ def cmd_report(args: Any) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--baselines {path}: no such file")
         shared = json.loads(path.read_text())
-    elif len(args.paths) == 1 and (Path(args.paths[0]) / "baselines.json").is_file() \
+    elif args.tasks == "test" and len(args.paths) == 1 and (Path(args.paths[0]) / "baselines.json").is_file() \
             and not _is_run(Path(args.paths[0])):
         shared = json.loads((Path(args.paths[0]) / "baselines.json").read_text())  # a sweep's, for every seed
-    report = build_report([load_run(p) for p in runs], args.by, shared, args.paper, args.reps, x=args.x,
-                          pairs=args.pairs, metric=args.metric)
+    report = build_report([load_run(p, eval_file) for p in runs], args.by, shared, args.paper, args.reps, x=args.x,
+                          pairs=args.pairs, metric=args.metric, tasks=args.tasks)
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1
                                             and (Path(args.paths[0]) / "sweep.json").is_file() else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(report)
-    (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot(report, out / "report.png")
+    stem = "report" if args.tasks == "test" else f"report_{args.tasks}"
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, out / f"{stem}.png")
     print(text)
-    print(f"wrote {out}/report.md, report.json and report.png")
+    print(f"wrote {out}/{stem}.md, {stem}.json and {stem}.png")
     return 0
 
 
@@ -443,6 +459,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--metric", choices=list(METRICS), default="return",
                    help="what the tables and curves are about: returns (default), or success rates (envs that "
                    "report info['success'], e.g. Meta-World)")
+    p.add_argument("--tasks", choices=list(EVAL_FILES), default="test",
+                   help="the evaluation to report: on test tasks (eval.json, default), or on meta-training tasks "
+                   "(eval_train.json, from `metarl evaluate RUN eval.tasks=train`), to report_train.*")
     p.add_argument("--x", choices=list(TRAINING_AXES), default="iteration",
                    help="what the training curves are drawn against: meta-iterations (default), wall-clock "
                    "seconds (to compare methods at equal time) or env steps")

@@ -162,6 +162,30 @@ def test_success_rates_are_reported_with_their_intervals_and_training_curves(tmp
     assert "no success_rate" in capsys.readouterr().err
 
 
+def test_meta_training_evaluations_are_reported_apart(tmp_path, capsys):
+    """--tasks train: each run's eval_train.json, to report_train.*, never its test eval, baselines or the paper."""
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        path = fake_run(runs, f"s{seed}", seed, _returns(seed, 0.0), baselines={"pretrained": {}})
+        train = json.loads((path / "eval.json").read_text())
+        train.update(eval_tasks="train", per_task_returns=(np.asarray(train["per_task_returns"]) + 100).tolist())
+        (path / "eval_train.json").write_text(json.dumps(train))
+    (runs / "s2" / "eval_train.json").unlink()  # not evaluated on training tasks: left out, said so
+    assert main(["report", str(runs), "--tasks", "train", "--out", str(runs), "--reps", "500"]) == 0
+    assert "s2 has no eval_train.json (run `metarl evaluate RUN eval.tasks=train`)" in capsys.readouterr().out
+    report = json.loads((runs / "report_train.json").read_text())
+    (group,) = report["groups"]
+    x = np.stack([_returns(s, 0.0)[1] + 100 for s in range(2)])
+    assert report["tasks"] == "train" and group["seeds"] == [0, 1]
+    assert group["mean"][1] == stats.interval(x, stats.mean, reps=500).as_dict()
+    assert "gap" not in group and "paper" not in group and not (runs / "report.json").exists()
+    assert "mean over seeds and meta-training tasks" in (runs / "report_train.md").read_text()
+    (runs / "s0" / "eval_train.json").unlink()
+    (runs / "s1" / "eval_train.json").unlink()
+    assert main(["report", str(runs), "--tasks", "train"]) == 2
+    assert "none of the runs found has an eval_train.json" in capsys.readouterr().err
+
+
 def test_baselines_table_takes_the_family_file_and_each_seeds_random_init(tmp_path):
     runs = tmp_path / "sweep"
     for seed, random_init in enumerate(([-20.0, -19.0], [-24.0, -22.0], [-22.0, -21.0])):
