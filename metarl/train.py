@@ -36,19 +36,20 @@ def train(config: cfg.Config, quiet: bool = False) -> Path:
     try:
         check_tracking(config)
         run = RunDir.create(config)
-        try:
-            tracker = Tracker(config, run.path)
-        except BaseException:
-            run.remove()
-            raise
-        state = RunState(config, parts, run, start=0, best_post_return=-math.inf)
-        try:
-            _run(state, tracker, quiet, [])
-        except BaseException as exc:
-            if state.done == 0:
-                run.remove()  # nothing of the run was recorded: the same run.name can be used again
-            exc.run_dir = None if state.done == 0 else run.path
-            raise
+        with run.training():
+            try:
+                tracker = Tracker(config, run.path)
+            except BaseException:
+                run.remove()
+                raise
+            state = RunState(config, parts, run, start=0, best_post_return=-math.inf)
+            try:
+                _run(state, tracker, quiet, [])
+            except BaseException as exc:
+                if state.done == 0:
+                    run.remove()  # nothing of the run was recorded: the same run.name can be used again
+                exc.run_dir = None if state.done == 0 else run.path
+                raise
     finally:
         parts.close()
     return run.path
@@ -62,6 +63,11 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     The run continues on the device it started on unless ``run.device`` is overridden. A run whose
     training is complete but whose end-of-run evaluation was interrupted only runs that."""
     run = RunDir.open(run_dir)
+    with run.training():  # before anything is read: another process may be writing it
+        return _resume(run, overrides, quiet, checkpoint)
+
+
+def _resume(run: RunDir, overrides: list[str] | None, quiet: bool, checkpoint: str | Path | None) -> Path:
     refusal = f"a resumed run only accepts overrides of {', '.join(RESUME_OVERRIDES)}"
     config = run.load_config(overrides, RESUME_OVERRIDES, refusal)
     path = Path(checkpoint) if checkpoint else run.checkpoint()

@@ -57,6 +57,28 @@ def test_resume_rejects_changes_to_the_run_and_finished_runs(tmp_path, tiny_run_
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock is POSIX flock")
+def test_a_run_being_trained_by_another_process_is_not_resumed(tmp_path, tiny_run_args, capsys):
+    args = [*with_iterations(tiny_run_args, 1), "eval.at_end=false"]
+    assert main(["train", NAV, *args, "run.name=r", "--quiet"]) == 0
+    run = tmp_path / "r"
+    before = (run / "metrics.jsonl").read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True)\n"
+         "time.sleep(60)", str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["train", "--resume", str(run), "run.iterations=2", "--quiet"]) == 2
+        assert "is being trained by another process" in capsys.readouterr().err
+        assert (run / "metrics.jsonl").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "--resume", str(run), "run.iterations=2", "--quiet"]) == 0  # its end released it
+    assert [m["iteration"] for m in read_metrics(run)] == [0, 1]
+
+
 def test_resume_and_evaluate_warn_when_the_checkpoint_had_other_package_versions(tmp_path, tiny_run_args, capsys,
                                                                                   monkeypatch):
     assert main(["train", NAV, *tiny_run_args, "eval.at_end=false", "run.name=r", "--quiet"]) == 0

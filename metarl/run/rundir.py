@@ -11,13 +11,17 @@ Layout::
 
 Two runs can never share a directory: the default name carries the time, the seed and a random
 suffix, and a directory is claimed by creating its ``config.yaml`` with an exclusive link, which
-exactly one process can win. Files are replaced by rename (temp file, fsync, ``os.replace``), so a
-crash or SIGKILL leaves the previous version; a checkpoint that cannot be read, or that does not fit
+exactly one process can win. While a process trains in it (new or resumed) it holds an exclusive
+lock on the directory, released when that process ends however it ends, so a second
+``metarl train --resume`` of the same run is refused instead of interleaving both runs' files.
+Files are replaced by rename (temp file, fsync, ``os.replace``), so a crash or SIGKILL leaves the
+previous version; a checkpoint that cannot be read, or that does not fit
 the config, is an error that names the file and what to use instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,6 +29,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -105,6 +110,32 @@ class RunDir:
     def remove(self) -> None:
         """Delete the directory (a run that failed before its first meta-iteration leaves nothing behind)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Hold the directory for training in this process (an ``flock`` on it, which the system drops
+        when the process ends, even by SIGKILL).
+
+        Raises:
+            ConfigError: another process is training in it.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise cfg.ConfigError(
+                    f"{self.path} is being trained by another process (metarl train, --resume or a sweep): "
+                    "wait for it to finish or stop it (Ctrl-C checkpoints it), then resume"
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
