@@ -79,6 +79,42 @@ def test_a_run_being_trained_by_another_process_is_not_resumed(tmp_path, tiny_ru
     assert [m["iteration"] for m in read_metrics(run)] == [0, 1]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock is POSIX flock")
+def test_a_forked_worker_neither_keeps_nor_drops_its_trainers_lock(tmp_path):
+    import fcntl
+    import multiprocessing
+
+    from metarl.run.rundir import RunDir
+
+    def try_lock():
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+
+    def work():
+        started.set()
+        time.sleep(30)
+
+    worker = context.Process(target=work)
+    with RunDir(tmp_path).training():
+        worker.start()  # a sampler's worker process, forked while the run is held
+        assert started.wait(10)
+        assert not try_lock()  # its closing its copy did not release the trainer's lock
+    try:
+        assert try_lock()  # the trainer is done: the still running worker does not hold the run
+    finally:
+        worker.kill()
+        worker.join()
+
+
 def test_resume_and_evaluate_warn_when_the_checkpoint_had_other_package_versions(tmp_path, tiny_run_args, capsys,
                                                                                   monkeypatch):
     assert main(["train", NAV, *tiny_run_args, "eval.at_end=false", "run.name=r", "--quiet"]) == 0

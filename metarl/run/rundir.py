@@ -40,6 +40,19 @@ from metarl import config as cfg
 from metarl.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# Descriptors holding run directories' locks (RunDir.training). A forked child (a sampler's worker
+# process) closes its copies, so a worker outliving a killed trainer never keeps the run locked.
+_LOCKS: set[int] = set()
+
+
+def _close_locks_in_child() -> None:
+    for fd in _LOCKS:
+        os.close(fd)  # the child's copy only: an flock lasts while any copy is open in the parent
+    _LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
 PREVIOUS_CHECKPOINT = Path("checkpoints") / "previous.pt"
 BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
 #: What ``metarl train --resume RUN_DIR key=value`` may change: more iterations, the checkpoint
@@ -133,8 +146,10 @@ class RunDir:
                     f"{self.path} is being trained by another process (metarl train, --resume or a sweep): "
                     "wait for it to finish or stop it (Ctrl-C checkpoints it), then resume"
                 ) from None
+            _LOCKS.add(fd)
             yield
         finally:
+            _LOCKS.discard(fd)
             os.close(fd)  # releases the lock
 
     @classmethod
