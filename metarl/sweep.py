@@ -461,6 +461,8 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
     """Run every point not yet finished; returns each point's outcome (also in ``summary.json``)."""
     from tqdm import tqdm
 
+    from metarl.progress import interactive, progress_bar
+
     python = [sys.executable, "-m", "metarl.cli", "train"]
     runs, foreign = [], {}
     for point in sweep.points:
@@ -494,7 +496,8 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
     say(f"sweep {sweep.path}: {len(runs)} points, {skipped} finished already, {len(queue)} to run"
         + (f" ({resumed} resumed)" if resumed else ""))
     total = sum(max(0, r.iterations - r.done) for r in queue)
-    bar = tqdm(total=total, unit="it", desc="sweep", disable=quiet or not queue, dynamic_ncols=True)
+    bar = progress_bar(total=total, unit="it", desc="sweep", disable=quiet or not queue, dynamic_ncols=True)
+    redraw = interactive()  # the postfix redraws the bar each poll on a terminal, not in a log file
     running: list[PointRun] = []
     stop = {"signals": 0}
 
@@ -551,7 +554,7 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
                     say(f"{run.point.name}: failed (exit {code}): {run.error}")
             bar.set_postfix_str(
                 f"done {sum(r.status in ('finished', 'skipped') for r in runs)}/{len(runs)}, running {len(running)}, "
-                f"failed {sum(r.status == 'failed' for r in runs)}")
+                f"failed {sum(r.status == 'failed' for r in runs)}", refresh=redraw)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -17,10 +17,9 @@ import json
 import time
 from typing import IO, Any
 
-from tqdm import tqdm
-
 from metarl.evaluate import format_table
 from metarl.plots import plot_training
+from metarl.progress import progress_bar
 from metarl.run.evaluation import run_evaluation
 from metarl.run.loop import Hook, RunState
 from metarl.run.rundir import BEST_CHECKPOINT, CHECKPOINT
@@ -51,8 +50,8 @@ class Progress(Hook):
 
     def on_start(self, state: RunState) -> None:
         iterations = state.config.run.iterations
-        self.bar = tqdm(total=iterations, initial=state.start, desc="meta-training", unit="it", disable=self.quiet,
-                        dynamic_ncols=True)
+        self.bar = progress_bar(total=iterations, initial=state.start, desc="meta-training", unit="it",
+                                disable=self.quiet, dynamic_ncols=True)
 
     def on_iteration(self, state: RunState, metrics: dict[str, Any]) -> None:
         seconds = metrics["time_sampling"] + metrics["time_adapt"] + metrics["time_update"]
