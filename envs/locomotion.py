@@ -157,6 +157,8 @@ class LocomotionTaskEnv(TaskEnv):
 class _VelocityTaskMixin:
     task_type = VelocityTask
     velocity_range: tuple[float, float]
+    #: A constant added to the velocity term each step (see :class:`AntVelEnv`).
+    velocity_offset: float = 0.0
 
     def sample_default(self) -> VelocityTask:
         return VelocityTask(sum(self.velocity_range) / 2)  # the middle of the range
@@ -169,13 +171,13 @@ class _VelocityTaskMixin:
         return np.array([task.velocity])
 
     def _forward_term(self, x_velocity: float) -> float:
-        return -abs(x_velocity - self._task.velocity)
+        return self.velocity_offset - abs(x_velocity - self._task.velocity)
 
     def batch_task_array(self, tasks: list[VelocityTask]) -> np.ndarray:
         return np.array([t.velocity for t in tasks], dtype=np.float64)
 
     def batch_forward_term(self, x_velocity: np.ndarray, qpos: np.ndarray, task_array: np.ndarray) -> np.ndarray:
-        return -np.abs(x_velocity - task_array)
+        return self.velocity_offset - np.abs(x_velocity - task_array)
 
 
 class _DirectionTaskMixin:
@@ -260,11 +262,18 @@ class _AntTask(LocomotionTaskEnv, AntEnv):
 
 
 class AntVelEnv(_VelocityTaskMixin, _AntTask):
-    """Ant running at a target velocity ~ U[0, 3]; reward -|v_x - v*| + alive - control and contact costs."""
+    """Ant running at a target velocity ~ U[0, 3]; reward 1 - |v_x - v*| + alive - control and contact costs.
+
+    The constant 1 is the MAML authors' (rllab's ``AntEnvRand``, kept by pytorch-maml-rl): the Ant's
+    episode ends when its torso leaves the healthy height range, and without the constant every
+    step's reward is negative whenever the target is missed by more than the alive bonus, so ending
+    the episode early (a jump) would raise the return.
+    """
 
     batched_simulator = True  # MujocoBatchSim, tested step by step against this class
 
     velocity_range = (0.0, 3.0)
+    velocity_offset = 1.0
     task_description = "target velocity ~ U[0, 3]"
 
 

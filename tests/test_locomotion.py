@@ -28,7 +28,7 @@ def actions_for(env, n=15, seed=0):
     [
         ("metarl/HalfCheetahVel-v0", VelocityTask(1.3), lambda info: -abs(info["x_velocity"] - 1.3)),
         ("metarl/HalfCheetahDir-v0", DirectionTask(-1), lambda info: -info["x_velocity"]),
-        ("metarl/AntVel-v0", VelocityTask(0.7), lambda info: -abs(info["x_velocity"] - 0.7)),
+        ("metarl/AntVel-v0", VelocityTask(0.7), lambda info: 1.0 - abs(info["x_velocity"] - 0.7)),
         ("metarl/AntDir-v0", DirectionTask(1), lambda info: info["x_velocity"]),
         ("metarl/AntGoal-v0", GoalTask(goal=(1.0, -2.0)),
          lambda info: -(abs(info["x_position"] - 1.0) + abs(info["y_position"] + 2.0))),
