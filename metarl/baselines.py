@@ -28,6 +28,7 @@ from metarl import config as cfg
 from metarl.checkpoint import atomic_write_bytes
 from metarl.evaluate import evaluate_protocol
 from metarl.policy import GaussianMLPPolicy
+from metarl.progress import progress_bar
 from metarl.run.factory import eval_tasks, make_sampler
 from metarl.runtime import seed_env
 
@@ -67,8 +68,31 @@ def make_training_env(config: cfg.Config, oracle: bool = False) -> gym.Env:
 def train_ppo(config: cfg.Config, timesteps: int, oracle: bool = False, seed: int = 0) -> Any:
     """Stable-baselines3 PPO with the MAML policy's architecture, trained for ``timesteps`` env steps."""
     model = make_ppo(config, oracle, seed)
-    model.learn(total_timesteps=timesteps)
+    model.learn(total_timesteps=timesteps, callback=ppo_progress("oracle PPO" if oracle else "pretrained PPO"))
     return model
+
+
+def ppo_progress(desc: str) -> Any:
+    """A stable-baselines3 callback showing a ``learn`` call's env steps as a progress bar (updated
+    after each rollout, so it costs nothing per step)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            total = self.locals["total_timesteps"]  # learn()'s target, from 0 (it adds the steps already done)
+            self.bar = progress_bar(total=total, initial=self.num_timesteps, desc=desc, unit="step",
+                                    unit_scale=True, dynamic_ncols=True)
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            self.bar.update(min(self.num_timesteps, self.bar.total) - self.bar.n)
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return _Progress()
 
 
 def make_ppo(config: cfg.Config, oracle: bool = False, seed: int = 0) -> Any:
@@ -176,7 +200,8 @@ def train_ppo_until_plateau(
     stopped = "plateau" if stalled() else ""
     while not stopped and model.num_timesteps < max_timesteps:
         start = time.perf_counter()
-        model.learn(total_timesteps=min(chunk, max_timesteps - model.num_timesteps), reset_num_timesteps=False)
+        model.learn(total_timesteps=min(chunk, max_timesteps - model.num_timesteps), reset_num_timesteps=False,
+                    callback=ppo_progress(f"{'oracle' if oracle else 'pretrained'} PPO, chunk {len(curve) + 1}"))
         result = evaluate_policy(config, policy_from_ppo(model, config), oracle)
         curve.append({"timesteps": int(model.num_timesteps), "mean_return": float(result["mean_return"][0]),
                       "stderr": float(result["stderr"][0]), "seconds": time.perf_counter() - start})

@@ -29,9 +29,10 @@ def cheetah_config(**overrides):
                     ["policy.hidden_sizes=[8,8]", "sampler.horizon=10", *items])
 
 
-def test_ppo_actor_copied_into_the_policy_gives_the_same_distribution():
+def test_ppo_actor_copied_into_the_policy_gives_the_same_distribution(capsys):
     config = cheetah_config()
     model = train_ppo(config, timesteps=64, seed=0)
+    assert "pretrained PPO: 100%" in capsys.readouterr().err  # the progress bar, filled at the end
     policy = policy_from_ppo(model, config)
     obs = torch.randn(5, 17)
     with torch.no_grad():
@@ -109,7 +110,7 @@ def test_baselines_script_writes_the_table(tmp_path):
     assert set(family) == {"MAML", "random"} and (tmp_path / "family" / "baselines.md").is_file()
 
 
-def test_oracle_trains_until_its_return_stops_improving_and_resumes(tmp_path, monkeypatch):
+def test_oracle_trains_until_its_return_stops_improving_and_resumes(tmp_path, monkeypatch, capsys):
     import metarl.baselines as baselines
 
     config = cheetah_config(**{"eval.num_tasks": 2, "eval.episodes_per_task": 1})
@@ -132,5 +133,7 @@ def test_oracle_trains_until_its_return_stops_improving_and_resumes(tmp_path, mo
                                         oracle=True, say=lambda text: None)
     assert [p["timesteps"] for p in longer["curve"]] == [2048 * k for k in range(1, 6)]
     assert longer["timesteps"] == 5 * 2048 and longer["stopped"] == "max_timesteps"
+    # Each chunk's progress bar counts from the steps already done to the chunk's end.
+    assert "oracle PPO, chunk 5: 100%" in capsys.readouterr().err.replace("\r", "\n")
     with pytest.raises(ValueError, match="plateau: need"):
         train_ppo_until_plateau(config, chunk=0, patience=1, max_timesteps=10, state_dir=tmp_path)
