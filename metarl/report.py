@@ -7,7 +7,8 @@ directories, or folders holding either), groups them by setting (``--by maml.out
 every config field that differs between the runs except the seed and where they ran), and for each
 group and each number of adaptation steps reports the number of seeds, the mean and the IQM of the
 returns with 95% stratified-bootstrap intervals (:mod:`metarl.stats`; the test tasks are the
-strata, so all runs must be evaluated on the same tasks), the fraction of the pretrained-to-oracle
+strata, so all runs must be evaluated on the same tasks; a setting with one seed gets an interval
+over its test tasks instead, marked as such), the fraction of the pretrained-to-oracle
 gap closed after one step where baselines are found (``--baselines FILE``, else each run's
 ``baselines.json``), the probability that one setting beats another, and the MAML paper's figure
 for the env beside ours with whether it lies in our interval. Writes ``report.md``,
@@ -224,6 +225,31 @@ def training_band(members: list[RunResult], key: str, reps: int, seed: int, x: s
     return {"x": grid.tolist(), "mean": curves.mean(0).tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
+def interval_over(groups: list[list[RunResult]], per_task: bool) -> str:
+    """What the intervals of these groups resample: ``runs`` (stratified by test task) when every
+    group has two seeds or more; ``tasks`` when one has a single seed (resampling one run gives no
+    interval; resampling its test tasks shows their spread, not the seeds'); ``none`` for a single
+    run with one score (runs evaluated on different tasks): there is nothing to resample."""
+    if all(len(members) > 1 for members in groups):
+        return "runs"
+    return "tasks" if per_task else "none"
+
+
+#: The mark and footnote of an interval that does not resample seeds.
+ONE_SEED = {"tasks": ("†", "† one seed: its interval resamples the test tasks, so it shows their spread, not the "
+                            "seeds' (more seeds give the interval over seeds)."),
+            "none": ("‡", "‡ one run and one score: no interval.")}
+
+
+def _mark(item: dict[str, Any]) -> str:
+    return ONE_SEED[item["interval_over"]][0] if item.get("interval_over") in ONE_SEED else ""
+
+
+def _footnotes(items: list[dict[str, Any]]) -> list[str]:
+    kinds = {item.get("interval_over") for item in items} & set(ONE_SEED)
+    return ["", *(ONE_SEED[kind][1] for kind in sorted(kinds, reverse=True))] if kinds else []
+
+
 def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: dict[str, Any] | None = None,
                  paper: str | None = None, reps: int = 2000, seed: int = 0, x: str = "iteration",
                  pairs: str = "all", metric: str = "return", tasks: str = "test") -> dict[str, Any]:
@@ -250,15 +276,16 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
     for label, members in groups.items():
         group: dict[str, Any] = {"label": label, "runs": [str(r.path) for r in members],
                                  "seeds": sorted(r.seed for r in members), "steps": list(range(steps)),
-                                 "mean": [], "iqm": []}
+                                 "mean": [], "iqm": [], "interval_over": interval_over([members], per_task)}
+        over = "tasks" if group["interval_over"] == "tasks" else "runs"
         for k in range(steps):
             returns = scores(members, k, per_task, metric)
-            group["mean"].append(stats.interval(returns, stats.mean, reps, seed).as_dict())
-            group["iqm"].append(stats.interval(returns, stats.iqm, reps, seed).as_dict())
+            group["mean"].append(stats.interval(returns, stats.mean, reps, seed, over=over).as_dict())
+            group["iqm"].append(stats.interval(returns, stats.iqm, reps, seed, over=over).as_dict())
         found = _baselines(members, baselines) if metric == "return" else None
         if found and steps > 1:
             pretrained, oracle, source = found
-            gap = stats.gap_fraction(scores(members, 1, per_task), pretrained, oracle, reps, seed)
+            gap = stats.gap_fraction(scores(members, 1, per_task), pretrained, oracle, reps, seed, over=over)
             group["gap"] = {"pretrained_1_step": pretrained, "oracle": oracle, "source": source, **gap.as_dict()}
             if paper_gap is not None:
                 group["gap"].update(paper=paper_gap, paper_in_interval=gap.contains(paper_gap))
@@ -278,10 +305,11 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
     for a, b in itertools.combinations(labels, 2):
         if pairs == "first" and a != labels[0]:
             continue
+        over = interval_over([groups[a], groups[b]], per_task)
         for k in range(steps):
             estimate = stats.improvement(scores(groups[a], k, per_task, metric), scores(groups[b], k, per_task, metric),
-                                         reps, seed)
-            out["improvement"].append({"x": a, "y": b, "step": k, **estimate.as_dict()})
+                                         reps, seed, over="tasks" if over == "tasks" else "runs")
+            out["improvement"].append({"x": a, "y": b, "step": k, "interval_over": over, **estimate.as_dict()})
     return out
 
 
@@ -305,7 +333,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"[95% stratified-bootstrap interval, {report['reps']} resamples, {strata}].", "",
              f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
     for g in groups:
-        lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(_cell(e) for e in g["mean"]) + " |")
+        lines.append(f"| {g['label']} | {len(g['seeds'])}{_mark(g)} | " + " | ".join(map(_cell, g["mean"])) + " |")
+    lines += _footnotes(groups)
     compared = [g for g in groups if "paper" in g]
     if compared:
         lines += ["", f"The MAML paper's figure ({report['paper_env']}: one run, mean ± s.e. over its test tasks), "
@@ -324,7 +353,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"IQM (interquartile mean over seeds x {tasks}):", "",
               f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
     for g in groups:
-        lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(_cell(e) for e in g["iqm"]) + " |")
+        lines.append(f"| {g['label']} | {len(g['seeds'])}{_mark(g)} | " + " | ".join(map(_cell, g["iqm"])) + " |")
     gaps = [g for g in groups if "gap" in g]
     if gaps:
         paper = any("paper" in g["gap"] for g in gaps)
@@ -337,7 +366,7 @@ def markdown(report: dict[str, Any]) -> str:
                   "| --- | --- | --- | --- | --- |" + (" --- | --- |" if paper else "")]
         for g in gaps:
             gap = g["gap"]
-            line = (f"| {g['label']} | {gap['pretrained_1_step']:.2f} | {gap['oracle']:.2f} | "
+            line = (f"| {g['label']}{_mark(g)} | {gap['pretrained_1_step']:.2f} | {gap['oracle']:.2f} | "
                     f"{gap['value']:.0%} [{gap['low']:.0%}, {gap['high']:.0%}] | {gap['source']} |")
             if paper:
                 line += (f" {gap['paper']:.0%} | {'yes' if gap['paper_in_interval'] else 'no'} |" if "paper" in gap
@@ -359,7 +388,8 @@ def markdown(report: dict[str, Any]) -> str:
         for row in report["improvement"]:
             pairs.setdefault((row["x"], row["y"]), []).append(row)
         for (x, y), rows in pairs.items():
-            lines.append(f"| {x} | {y} | " + " | ".join(_cell(r) for r in rows) + " |")
+            lines.append(f"| {x}{_mark(rows[0])} | {y} | " + " | ".join(_cell(r) for r in rows) + " |")
+        lines += _footnotes(report["improvement"])
     return "\n".join(lines) + "\n"
 
 
@@ -376,7 +406,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for i, g in enumerate(report["groups"]):
         color = colors[i % len(colors)]
         mean = [e["value"] for e in g["mean"]]
-        left.plot(g["steps"], mean, "o-", color=color, label=f"{g['label']} ({len(g['seeds'])} seeds)")
+        seeds = (f"{len(g['seeds'])} seeds" if len(g["seeds"]) > 1
+                 else "1 seed" + (", band over test tasks" if g.get("interval_over") == "tasks" else ""))
+        left.plot(g["steps"], mean, "o-", color=color, label=f"{g['label']} ({seeds})")
         left.fill_between(g["steps"], [e["low"] for e in g["mean"]], [e["high"] for e in g["mean"]], color=color,
                           alpha=0.2)
         before, after = METRICS[report.get("metric", "return")]["training"]

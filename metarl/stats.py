@@ -15,6 +15,10 @@ evaluated on the same test tasks, so a column compares like with like). Aggregat
 A stratified bootstrap resamples the runs with replacement within each task (column) independently,
 ``reps`` times, and recomputes the aggregate; the 95% interval is the 2.5th and 97.5th percentiles
 of those replicates (the percentile method). With few seeds the interval is wide, as it should be.
+With one seed it has no width at all: nothing is known of the seeds' spread. ``over="tasks"`` then
+resamples the tasks (columns) instead, each run keeping its row: an interval that shows the spread
+of the test tasks only, which is what one run can tell (the paper's ± s.e. over test tasks is the
+same kind of figure).
 
 Probability of improvement of X over Y: the chance that a run of X scores above a run of Y on a
 task, averaged over tasks: ``P(X > Y) = 1/M sum_m 1/(N K) sum_{i,j} S(x_im, y_jm)``, with
@@ -68,6 +72,24 @@ def stratified_resample(scores: np.ndarray, reps: int, rng: np.random.Generator)
     return np.take_along_axis(np.broadcast_to(scores, (reps, runs, tasks)), index, axis=1)
 
 
+def task_resample(scores: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """``reps`` resamples of ``[runs, tasks]`` scores with the tasks drawn with replacement (the same
+    columns for every run). Returns ``[reps, runs, tasks]``."""
+    runs, tasks = scores.shape
+    index = np.broadcast_to(rng.integers(0, tasks, size=(reps, 1, tasks)), (reps, runs, tasks))
+    return np.take_along_axis(np.broadcast_to(scores, (reps, runs, tasks)), index, axis=2)
+
+
+#: What a bootstrap resamples: the runs within each task (stratified), or the tasks (for one run).
+RESAMPLE = {"runs": stratified_resample, "tasks": task_resample}
+
+
+def _resampler(over: str) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
+    if over not in RESAMPLE:
+        raise ValueError(f"over must be one of {sorted(RESAMPLE)}, got {over!r}")
+    return RESAMPLE[over]
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A point estimate with its 95% stratified-bootstrap interval."""
@@ -84,10 +106,12 @@ class Estimate:
 
 
 def interval(scores: np.ndarray | list, aggregate: Aggregate = mean, reps: int = 2000, seed: int = 0,
-             confidence: float = 0.95) -> Estimate:
-    """The aggregate of ``[runs, tasks]`` scores and its percentile stratified-bootstrap interval."""
+             confidence: float = 0.95, over: str = "runs") -> Estimate:
+    """The aggregate of ``[runs, tasks]`` scores and its percentile bootstrap interval, resampling
+    ``over`` the runs within each task (stratified) or the tasks (see :data:`RESAMPLE`)."""
+    resample = _resampler(over)
     x = _as_matrix(scores)
-    replicates = aggregate(stratified_resample(x, reps, np.random.default_rng(seed)))
+    replicates = aggregate(resample(x, reps, np.random.default_rng(seed)))
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(replicates, [tail, 100 - tail])
     return Estimate(float(aggregate(x)), float(low), float(high))
@@ -101,26 +125,32 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def improvement(x: np.ndarray | list, y: np.ndarray | list, reps: int = 2000, seed: int = 0,
-                confidence: float = 0.95) -> Estimate:
-    """``P(X > Y)`` with its interval (X's and Y's runs resampled per task, independently)."""
+                confidence: float = 0.95, over: str = "runs") -> Estimate:
+    """``P(X > Y)`` with its interval: X's and Y's runs resampled per task, independently
+    (``over="runs"``), or the tasks resampled, the same ones for X and Y (``over="tasks"``)."""
+    _resampler(over)
     a, b = _as_matrix(x), _as_matrix(y)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"x and y must score the same tasks: {a.shape[1]} and {b.shape[1]} columns")
     rng = np.random.default_rng(seed)
-    replicates = probability_of_improvement(stratified_resample(a, reps, rng), stratified_resample(b, reps, rng))
+    if over == "tasks":
+        both = task_resample(np.concatenate([a, b]), reps, rng)
+        replicates = probability_of_improvement(both[:, : len(a)], both[:, len(a) :])
+    else:
+        replicates = probability_of_improvement(stratified_resample(a, reps, rng), stratified_resample(b, reps, rng))
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(replicates, [tail, 100 - tail])
     return Estimate(float(probability_of_improvement(a, b)), float(low), float(high))
 
 
 def gap_fraction(scores: np.ndarray | list, pretrained: float, oracle: float, reps: int = 2000, seed: int = 0,
-                 confidence: float = 0.95) -> Estimate:
+                 confidence: float = 0.95, over: str = "runs") -> Estimate:
     """The fraction of the pretrained-to-oracle gap closed, ``(mean(scores) - pretrained) / (oracle -
     pretrained)``, with the interval of the scores' mean (the baselines, trained once, are taken as
     fixed: their own uncertainty is not in the interval)."""
     if oracle == pretrained:
         raise ValueError("the oracle and pretrained baselines score the same: the gap is empty")
-    estimate = interval(scores, mean, reps, seed, confidence)
+    estimate = interval(scores, mean, reps, seed, confidence, over)
     scale = lambda v: (v - pretrained) / (oracle - pretrained)  # noqa: E731
     low, high = sorted((scale(estimate.low), scale(estimate.high)))
     return Estimate(scale(estimate.value), low, high)

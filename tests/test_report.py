@@ -225,3 +225,34 @@ def test_mujoco_families_compare_with_the_papers_gap_fraction_not_its_returns(tm
     # Asked for by name, the paper's returns are shown as well.
     assert main(["report", str(runs), "--out", str(tmp_path / "r"), "--paper", "cheetah"]) == 0
     assert "paper" in json.loads((tmp_path / "r" / "report.json").read_text())["groups"][0]
+
+
+def test_one_seed_gets_an_interval_over_its_test_tasks_and_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    returns = _returns(0, 0.0)
+    fake_run(runs, "only", 0, returns)
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"pretrained": {"mean_return": [-40.0, -30.0]}, "oracle": {"mean_return": [0.0]}}))
+    out = tmp_path / "r"
+    assert main(["report", str(runs), "--baselines", str(baselines), "--out", str(out), "--reps", "500",
+                 "--paper", "none"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    group = report["groups"][0]
+    assert group["interval_over"] == "tasks"
+    # Resampling the one run would give a zero-width interval; the test tasks' spread is its width.
+    assert group["mean"][1] == stats.interval(returns[1][None], stats.mean, reps=500, over="tasks").as_dict()
+    assert group["mean"][1]["high"] - group["mean"][1]["low"] > 1.0
+    gap = group["gap"]
+    assert gap["low"] < gap["value"] < gap["high"]
+    text = (out / "report.md").read_text()
+    assert "| Navigation2D-v0 | 1† |" in text and "† one seed: its interval resamples the test tasks" in text
+    # Against a group of three seeds, the probability of improvement resamples the tasks too.
+    for seed in range(1, 4):
+        fake_run(runs, f"other-{seed}", seed, _returns(seed, -5.0), ["maml.inner_lr=0.2"])
+    assert main(["report", str(runs), "--out", str(out), "--reps", "200", "--paper", "none"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {g["label"]: g["interval_over"] for g in report["groups"]} == {"inner_lr=0.1": "tasks",
+                                                                         "inner_lr=0.2": "runs"}
+    assert {r["interval_over"] for r in report["improvement"]} == {"tasks"}
+    text = (out / "report.md").read_text()
+    assert "| inner_lr=0.2 | 3 |" in text and text.count("† one seed") == 2  # under the returns and the pairs

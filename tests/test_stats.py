@@ -34,6 +34,28 @@ def test_bootstrap_resamples_runs_within_each_task():
         stats.interval(np.random.default_rng(1).normal(size=(5, 7)), stats.iqm, seed=3)
 
 
+def test_one_run_interval_over_the_tasks():
+    # One run on two tasks: a task resample averages (1, 1), (1, 3), (3, 1) or (3, 3), so the mean is
+    # 1 (1/4), 2 (1/2) or 3 (1/4): the 95% interval is [1, 3], where resampling runs gives [2, 2].
+    estimate = stats.interval([[1.0, 3.0]], reps=4000, over="tasks")
+    assert (estimate.value, estimate.low, estimate.high) == (2.0, 1.0, 3.0)
+    # The same columns for every run: two identical runs keep the one-run interval.
+    assert stats.interval([[1.0, 3.0], [1.0, 3.0]], reps=4000, over="tasks") == estimate
+    replicates = stats.task_resample(np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]), 50,
+                                     np.random.default_rng(0))
+    assert np.array_equal(replicates[:, 1], 10 * replicates[:, 0])  # rows keep their pairing
+    # P(X > Y), X losing task 0 and winning task 1: a task resample draws both tasks (1/2), task 1
+    # twice (1/4) or task 0 twice (1/4): 0.5, 1 or 0.
+    better = stats.improvement([[1.0, 5.0]], [[2.0, 4.0]], reps=4000, over="tasks")
+    assert (better.value, better.low, better.high) == (0.5, 0.0, 1.0)
+    gap = stats.gap_fraction([[1.0, 3.0]], pretrained=0.0, oracle=4.0, reps=4000, over="tasks")
+    assert (gap.value, gap.low, gap.high) == (0.5, 0.25, 0.75)
+    with pytest.raises(ValueError, match=r"over must be one of \['runs', 'tasks'\], got 'seeds'"):
+        stats.interval([[1.0]], over="seeds")
+    with pytest.raises(ValueError, match="over must be one of"):
+        stats.improvement([[1.0]], [[2.0]], over="seeds")
+
+
 def test_probability_of_improvement_counts_wins_and_half_ties_per_task():
     assert stats.probability_of_improvement(np.array([[1.0], [3.0]]), np.array([[2.0]])) == 0.5
     assert stats.probability_of_improvement(np.array([[1.0], [2.0]]), np.array([[2.0]])) == 0.25  # a tie: 1/2
