@@ -13,7 +13,8 @@ its evaluated return stops improving, at most --oracle-timesteps, and records th
 time it took). Writes RUN_DIR/baselines.json (or OUT/ with --out: e.g. a sweep directory, for
 baselines trained once per family and shared by its seeds in `metarl report`),
 baselines.md (the paper-style table: return after 0..K steps, mean +- s.e. over the test tasks, and
-the fraction of the pretrained-to-oracle gap MAML closes after one step) and baselines.png.
+the fraction of the pretrained-to-oracle gap MAML closes after one step) and baselines.png, after
+each baseline as soon as it is done (stopping or crashing later loses none that finished).
 --only computes some baselines and keeps the others found in baselines.json when it writes it
 (so `--only oracle` and `--only random pretrained` may run side by side). `eval.*` overrides
 change the protocol as they do for `metarl evaluate` (evaluate the MAML run with the same ones):
@@ -61,6 +62,39 @@ def protocol_mismatch(result: dict, config: cfg.Config) -> str:
     recorded = {"eval_tasks": "seeded", **{k: result[k] for k in expected if k in result}}
     return ", ".join(f"{k}: {recorded[k]} there, {v} here"
                      for k, v in expected.items() if k in recorded and recorded[k] != v)
+
+
+def write_outputs(results: dict, run_dir: Path, out: Path, config: cfg.Config, overrides: list[str],
+                  announce: bool = False) -> str:
+    """Merge ``results`` into OUT/baselines.json (keeping the methods it holds that were not computed
+    here, and the MAML row from RUN_DIR/eval.json), write baselines.md and baselines.png, and return
+    the table. ``announce``: also warn when the MAML row is missing or was evaluated differently."""
+    # Read now: the MAML run or another --only run may have written since the start.
+    path, maml_path = out / "baselines.json", run_dir / "eval.json"
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    maml = {"MAML": json.loads(maml_path.read_text())} if maml_path.is_file() else {}
+    results = {**maml, **{m: results.get(m, kept.get(m)) for m in METHODS if m in results or m in kept}}
+    if maml and announce:
+        mismatch = protocol_mismatch(maml["MAML"], config)
+        if mismatch:
+            print(f"baselines: warning: {maml_path} was evaluated with another protocol ({mismatch}); "
+                  f"run `metarl evaluate {run_dir} {' '.join(overrides)}` for a comparable MAML row",
+                  file=sys.stderr)
+    elif announce:
+        print(f"baselines: {maml_path} is not there yet: the table has no MAML row "
+              f"(run `metarl evaluate {run_dir}`"
+              " and any baseline again to add it)", file=sys.stderr)
+    text = table(results)
+    if maml and "oracle" in results and "pretrained" in results and len(results["MAML"]["mean_return"]) > 1:
+        fraction = gap_closed(results["MAML"]["mean_return"][1], results["pretrained"]["mean_return"][1],
+                              results["oracle"]["mean_return"][0])
+        text += f"\n\nMAML closes {fraction:.0%} of the pretrained-to-oracle gap after one step."
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(results, indent=1))
+    temporary.replace(path)
+    (out / "baselines.md").write_text(text + "\n")
+    plot_adaptation_curves(results, out / "baselines.png", title=config.env.id)
+    return text
 
 
 def main() -> int:
@@ -122,31 +156,9 @@ def main() -> int:
             ppo = train_ppo(config, oracle_timesteps, oracle=True, seed=args.seed)
             results["oracle"] = {**evaluate_policy(config, policy_from_ppo(ppo, config), oracle=True),
                                  "timesteps": oracle_timesteps, "seed": args.seed}
-    # Read now: the MAML run or another --only run may have written since the start.
-    path, maml_path = out / "baselines.json", args.run_dir / "eval.json"
-    kept = json.loads(path.read_text()) if path.is_file() else {}
-    maml = {"MAML": json.loads(maml_path.read_text())} if maml_path.is_file() else {}
-    results = {**maml, **{m: results.get(m, kept.get(m)) for m in METHODS if m in results or m in kept}}
-    if maml:
-        mismatch = protocol_mismatch(maml["MAML"], config)
-        if mismatch:
-            print(f"baselines: warning: {maml_path} was evaluated with another protocol ({mismatch}); "
-                  f"run `metarl evaluate {args.run_dir} {' '.join(args.overrides)}` for a comparable MAML row",
-                  file=sys.stderr)
-    else:
-        print(f"baselines: {maml_path} is not there yet: the table has no MAML row "
-              f"(run `metarl evaluate {args.run_dir}`"
-              " and any baseline again to add it)", file=sys.stderr)
-    text = table(results)
-    if maml and "oracle" in results and "pretrained" in results and len(results["MAML"]["mean_return"]) > 1:
-        fraction = gap_closed(results["MAML"]["mean_return"][1], results["pretrained"]["mean_return"][1],
-                              results["oracle"]["mean_return"][0])
-        text += f"\n\nMAML closes {fraction:.0%} of the pretrained-to-oracle gap after one step."
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(results, indent=1))
-    temporary.replace(path)
-    (out / "baselines.md").write_text(text + "\n")
-    plot_adaptation_curves(results, out / "baselines.png", title=config.env.id)
+        if method in results:  # written at once: a later method's crash or stop does not lose this one
+            write_outputs(results, args.run_dir, out, config, args.overrides)
+    text = write_outputs(results, args.run_dir, out, config, args.overrides, announce=True)
     print(text)
     return 0
 

@@ -108,6 +108,13 @@ def test_baselines_script_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     family = json.loads((tmp_path / "family" / "baselines.json").read_text())
     assert set(family) == {"MAML", "random"} and (tmp_path / "family" / "baselines.md").is_file()
+    # Each baseline is written as soon as it is done: one that fails later (here a bad --chunk)
+    # does not take the finished ones with it.
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "baselines.py"), str(tmp_path / "hc"),
+                           "--only", "random", "oracle", "--seed", "5", "--oracle-plateau", "--chunk", "0",
+                           "--out", str(tmp_path / "crash")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "plateau: need" in proc.stderr
+    assert json.loads((tmp_path / "crash" / "baselines.json").read_text())["random"]["seed"] == 5
 
 
 def test_oracle_trains_until_its_return_stops_improving_and_resumes(tmp_path, monkeypatch, capsys):
