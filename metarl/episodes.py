@@ -179,6 +179,16 @@ class Episodes:
         """Average undiscounted episode return over all tasks and episodes."""
         return self._episode_mean(self.episode_returns())
 
+    def mean_length(self) -> float:
+        """Average episode length in steps over all tasks and episodes."""
+        self._check_padded("mean_length()")
+        return self._episode_mean(self.mask.sum(-1))
+
+    def terminated_rate(self) -> float | None:
+        """Fraction of the episodes that ended by termination (a fall, a goal reached) rather than
+        by a time limit; None for batches built without how their episodes ended."""
+        return None if self.terminated is None else self._episode_mean(self.terminated.to(self.mask.dtype))
+
     def task_success_rates(self) -> Tensor | None:
         """Fraction of each task's episodes that succeeded, ``[T]``; None for an env without success."""
         if self.success is None:

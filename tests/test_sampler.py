@@ -299,6 +299,8 @@ def test_truncation_and_termination_are_kept_apart():
     assert episodes.truncated.tolist() == [[False, False], [True, True]]
     # the observation the truncated episode was cut off in: t = 3 on the task of length 5
     assert episodes.final_observations[1].tolist() == [[3.0, 5.0], [3.0, 5.0]]
+    # what training logs of them: 2 and 3 steps, half the episodes terminated
+    assert episodes.mean_length() == 2.5 and episodes.terminated_rate() == 0.5
     # the sampler's horizon is a time limit too
     short = Sampler("tests/Counter-v0", horizon=4).sample(policy, None, [LengthTask(5), LengthTask(3)], 1)
     assert short.truncated.tolist() == [[True], [False]] and short.terminated.tolist() == [[False], [True]]

@@ -33,6 +33,9 @@ def test_smoke_run_writes_the_run_directory(tmp_path, tiny_run_args):
     expected = {"pre_return", "post_return", "kl", "loss_before", "loss_after", "line_search_step", "step_accepted",
                 "env_steps", "total_env_steps", "time_sampling", "time_sampling_valid", "time_update"}
     assert expected <= set(metrics[0])
+    # 2D navigation ends an episode at its goal (termination) or at the horizon (20 steps here)
+    for when in ("pre", "post"):
+        assert 0 < metrics[0][f"{when}_length"] <= 20 and 0 <= metrics[0][f"{when}_terminated"] <= 1
     assert metrics[1]["total_env_steps"] == metrics[0]["env_steps"] + metrics[1]["env_steps"]
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["num_tasks"] == 3 and result["steps"] == [0, 1, 2]

@@ -21,6 +21,9 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
     (``maml.pack_episodes``; the inner steps use the same packed batches), and what only the padded
     episodes can tell: ``pre_return``, ``post_return``, ``adapt_returns`` (after each further inner
     step), ``pre_success`` and ``post_success`` (success rates, for envs that report success),
+    ``pre_length`` and ``post_length`` (mean episode length in steps), ``pre_terminated`` and
+    ``post_terminated`` (the fraction of episodes that ended by termination, not by the horizon: a
+    run whose episodes end early, an Ant falling or jumping out of its healthy range, shows it here),
     ``env_steps``, and seconds spent: ``time_sampling`` (all sampling, advantages and packing),
     ``time_sampling_valid`` (the post-adaptation batch) and ``time_adapt`` (the inner steps).
     """
@@ -34,7 +37,7 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         return episodes, episodes.pack() if maml.pack_episodes else episodes
 
     start = time.perf_counter()
-    train, returns, successes = [], [], []
+    train, returns, successes, first = [], [], [], None
     adapt_time = 0.0
     params = detach_params(expand_params(policy.parameters_dict(), len(tasks)))
     step_size = parts.inner_step_size(config)
@@ -43,6 +46,7 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         train.append(used)
         returns.append(episodes.mean_return())
         successes.append(episodes.success_rate())
+        first = first or episodes
         adapt_start = time.perf_counter()
         # Only the values are needed to sample after adaptation; the meta-update rebuilds the graph.
         params = detach_params(adapt(policy, params, used, step_size, first_order=True, inner_loss=maml.inner_loss))
@@ -57,6 +61,10 @@ def collect_meta_batch(config: cfg.Config, parts: Components, tasks: list[Any]) 
         # Logged once the env has reported success (a batch in which no step did counts as none).
         **({} if episodes.success is None and successes[0] is None else
            {"pre_success": successes[0] or 0.0, "post_success": episodes.success_rate() or 0.0}),
+        "pre_length": first.mean_length(),
+        "post_length": episodes.mean_length(),
+        **({} if episodes.terminated is None else
+           {"pre_terminated": first.terminated_rate(), "post_terminated": episodes.terminated_rate()}),
         "env_steps": sum(e.num_steps for e in train) + valid.num_steps,
         "time_sampling": time.perf_counter() - start - adapt_time,
         "time_sampling_valid": valid_time,
