@@ -35,6 +35,18 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_run_
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
+def test_a_resume_may_change_how_episodes_are_stepped_and_trains_on_exactly(tmp_path, tiny_run_args):
+    """A run started on one sampler path and resumed on another (here batched, then gymnasium's sync
+    vector env) is the uninterrupted run: every path samples the same episodes."""
+    args = [*tiny_run_args, "eval.at_end=false", "sampler.vectorization=batched"]
+    assert main(["train", NAV, *with_iterations(args, 4), "run.name=whole", "--quiet"]) == 0
+    assert main(["train", NAV, *with_iterations(args, 2), "run.name=parts", "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "parts"), "run.iterations=4", "sampler.vectorization=sync",
+                 "--quiet"]) == 0
+    assert "vectorization: sync" in (tmp_path / "parts" / "config.yaml").read_text()
+    assert without_timings(read_metrics(tmp_path / "parts")) == without_timings(read_metrics(tmp_path / "whole"))
+
+
 def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path, tiny_run_args):
     args = [*with_iterations(tiny_run_args, 3), "run.checkpoint_every=2", "eval.at_end=false"]
     assert main(["train", NAV, *args, "run.name=r", "--quiet"]) == 0

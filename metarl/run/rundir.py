@@ -56,10 +56,13 @@ if hasattr(os, "register_at_fork"):
 PREVIOUS_CHECKPOINT = Path("checkpoints") / "previous.pt"
 BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
 #: What ``metarl train --resume RUN_DIR key=value`` may change: more iterations, the checkpoint
-#: cadence, the device, the evaluation at the end and the tracking. Everything else would no longer
-#: be the run that was started. (An entry ending in "." allows a whole section.)
-RESUME_OVERRIDES = ("run.iterations", "run.checkpoint_every", "run.checkpoint_minutes", "run.device", "eval.",
-                    "tracking.")
+#: cadence, the device, how the episodes are stepped (vectorization, worker processes, Ray: every
+#: path samples the episodes the local sync sampler would, as the sampler tests check, and the
+#: checkpoint's random state is the same for all), the evaluation at the end and the tracking.
+#: Everything else would no longer be the run that was started. (An entry ending in "." allows a
+#: whole section.)
+RESUME_OVERRIDES = ("run.iterations", "run.checkpoint_every", "run.checkpoint_minutes", "run.device",
+                    "sampler.vectorization", "sampler.processes", "sampler.backend", "ray.", "eval.", "tracking.")
 #: Fields that say where a run lives, not what it is: a run directory may be moved (e.g. into results/).
 LOCATION_FIELDS = ("run.output_dir", "run.name")
 
