@@ -426,7 +426,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.set(xlabel="adaptation steps", ylabel=axis, title=f"{report['env']}: adaptation"
              + (" on meta-training tasks" if report.get("tasks") == "train" else "") + " (95% interval)")
     left.set_xticks(report["groups"][0]["steps"])
-    right.set(xlabel=TRAINING_AXES[report["training_x"]], ylabel=axis, title="training (95% band over seeds)")
+    several = any(len(g["seeds"]) > 1 for g in report["groups"])
+    right.set(xlabel=TRAINING_AXES[report["training_x"]], ylabel=axis,
+              title="training (95% band over seeds)" if several else "training (one seed)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
