@@ -30,4 +30,8 @@ def progress_bar(**kwargs: Any) -> tqdm:
     if not interactive(kwargs.get("file")):
         kwargs.setdefault("mininterval", FILE_INTERVAL_S)
         kwargs.setdefault("maxinterval", FILE_INTERVAL_S)
+        # A fixed ``miniters`` keeps tqdm's monitor thread away: once ``miniters`` had grown above 1
+        # it redrew a bar whose last draw was ``maxinterval`` old without restarting the interval,
+        # so the next update drew again and the log got two lines in the same minute.
+        kwargs.setdefault("miniters", 1)
     return tqdm(**kwargs)
