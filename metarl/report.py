@@ -108,6 +108,14 @@ def _value_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
 
 
+def _env_label(run: RunResult) -> str:
+    """The env's id without its namespace and, when the env takes keywords, them too: an
+    ``ML1-v0`` run names its Meta-World task (``ML1-v0 (task_name=reach-v3)``)."""
+    kwargs = [f"{k}={_value_text(v)}" for k, v in (run.flat.get("env.kwargs") or {}).items()]
+    name = run.flat["env.id"].split("/")[-1]
+    return f"{name} ({', '.join(kwargs)})" if kwargs else name
+
+
 def group_runs(runs: list[RunResult], by: list[str] | None) -> dict[str, list[RunResult]]:
     """Runs grouped by the values of ``by`` (default: the settings that differ between runs)."""
     keys = list(runs[0].flat)
@@ -124,7 +132,7 @@ def group_runs(runs: list[RunResult], by: list[str] | None) -> dict[str, list[Ru
     groups: dict[str, list[RunResult]] = {}
     for run in runs:
         label = (", ".join(f"{name}={_value_text(run.flat.get(k))}" for k, name in zip(keys, names, strict=True))
-                 or run.flat["env.id"].split("/")[-1])
+                 or _env_label(run))
         groups.setdefault(label, []).append(run)
     for label, members in groups.items():
         seeds = [r.seed for r in members]
@@ -236,7 +244,7 @@ def interval_over(groups: list[list[RunResult]], per_task: bool) -> str:
 
 
 #: The mark and footnote of an interval that does not resample seeds.
-ONE_SEED = {"tasks": ("†", "† one seed: its interval resamples the test tasks, so it shows their spread, not the "
+ONE_SEED = {"tasks": ("†", "† one seed: its interval resamples the {tasks}, so it shows their spread, not the "
                             "seeds' (more seeds give the interval over seeds)."),
             "none": ("‡", "‡ one run and one score: no interval.")}
 
@@ -245,9 +253,9 @@ def _mark(item: dict[str, Any]) -> str:
     return ONE_SEED[item["interval_over"]][0] if item.get("interval_over") in ONE_SEED else ""
 
 
-def _footnotes(items: list[dict[str, Any]]) -> list[str]:
+def _footnotes(items: list[dict[str, Any]], tasks: str) -> list[str]:
     kinds = {item.get("interval_over") for item in items} & set(ONE_SEED)
-    return ["", *(ONE_SEED[kind][1] for kind in sorted(kinds, reverse=True))] if kinds else []
+    return ["", *(ONE_SEED[kind][1].format(tasks=tasks) for kind in sorted(kinds, reverse=True))] if kinds else []
 
 
 def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: dict[str, Any] | None = None,
@@ -334,7 +342,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
     for g in groups:
         lines.append(f"| {g['label']} | {len(g['seeds'])}{_mark(g)} | " + " | ".join(map(_cell, g["mean"])) + " |")
-    lines += _footnotes(groups)
+    lines += _footnotes(groups, tasks)
     compared = [g for g in groups if "paper" in g]
     if compared:
         lines += ["", f"The MAML paper's figure ({report['paper_env']}: one run, mean ± s.e. over its test tasks), "
@@ -382,14 +390,14 @@ def markdown(report: dict[str, Any]) -> str:
             cells += [""] * (len(steps) - len(cells))
             lines.append(f"| {row['method']} | {row['source']} | " + " | ".join(cells) + " |")
     if report["improvement"]:
-        lines += ["", "Probability that a run of X scores above a run of Y on a test task:", "",
+        lines += ["", f"Probability that a run of X scores above a run of Y on a {tasks.removesuffix('s')}:", "",
                   f"| X | Y | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
         pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in report["improvement"]:
             pairs.setdefault((row["x"], row["y"]), []).append(row)
         for (x, y), rows in pairs.items():
             lines.append(f"| {x}{_mark(rows[0])} | {y} | " + " | ".join(_cell(r) for r in rows) + " |")
-        lines += _footnotes(report["improvement"])
+        lines += _footnotes(report["improvement"], tasks)
     return "\n".join(lines) + "\n"
 
 

@@ -256,3 +256,16 @@ def test_one_seed_gets_an_interval_over_its_test_tasks_and_says_so(tmp_path):
     assert {r["interval_over"] for r in report["improvement"]} == {"tasks"}
     text = (out / "report.md").read_text()
     assert "| inner_lr=0.2 | 3 |" in text and text.count("† one seed") == 2  # under the returns and the pairs
+
+
+def test_a_lone_setting_is_named_by_its_env_and_keywords_and_footnotes_name_the_tasks(tmp_path):
+    # One ML1 run: the label names the Meta-World task it trained on, and on meta-training tasks
+    # the one-seed footnote and the pairs' sentence say which tasks were resampled.
+    runs = tmp_path / "runs"
+    path = fake_run(runs, "only", 0, _returns(0, 0.0), ["env.kwargs.task_name=reach-v3"])
+    train = json.loads((path / "eval.json").read_text())
+    (path / "eval_train.json").write_text(json.dumps({**train, "eval_tasks": "train"}))
+    assert main(["report", str(runs), "--tasks", "train", "--out", str(tmp_path / "r"), "--reps", "200"]) == 0
+    text = (tmp_path / "r" / "report_train.md").read_text()
+    assert "| Navigation2D-v0 (task_name=reach-v3) | 1† |" in text
+    assert "† one seed: its interval resamples the meta-training tasks" in text and "test task" not in text
