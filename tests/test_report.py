@@ -269,3 +269,10 @@ def test_a_lone_setting_is_named_by_its_env_and_keywords_and_footnotes_name_the_
     text = (tmp_path / "r" / "report_train.md").read_text()
     assert "| Navigation2D-v0 (task_name=reach-v3) | 1† |" in text
     assert "† one seed: its interval resamples the meta-training tasks" in text and "test task" not in text
+    # Beside a second setting, the probability of improvement is over meta-training tasks too.
+    other = fake_run(runs, "other", 0, _returns(1, -5.0), ["env.kwargs.task_name=reach-v3", "maml.inner_lr=0.2"])
+    (other / "eval_train.json").write_text(json.dumps({**json.loads((other / "eval.json").read_text()),
+                                                       "eval_tasks": "train"}))
+    assert main(["report", str(runs), "--tasks", "train", "--out", str(tmp_path / "r"), "--reps", "200"]) == 0
+    text = (tmp_path / "r" / "report_train.md").read_text()
+    assert "scores above a run of Y on a meta-training task:" in text and "test task" not in text
