@@ -61,6 +61,8 @@ PAPER_PLACEMENTS = 40
 OBS_DIM, ACT_DIM = 39, 4
 #: The ids :func:`register` registers.
 IDS = tuple(f"metarl/{name}-v0" for name in BENCHMARKS)
+#: The largest ``benchmark_seed``: Meta-World seeds numpy with it, and ML1 also with it plus one.
+SEED_MAX = 2**32 - 2
 
 
 def import_metaworld() -> Any:
@@ -129,7 +131,8 @@ class MetaWorldEnv(TaskEnv):
 
     Args:
         benchmark: ``"ML1"``, ``"ML10"`` or ``"ML45"``.
-        task_name: the class of ML1 (any of Meta-World's 50, e.g. ``"reach-v3"``); ignored otherwise.
+        task_name: the class of ML1 (any of Meta-World's 50; None: ``"reach-v3"``); ML10 and ML45 take
+            none (their classes are fixed).
         benchmark_seed: the seed Meta-World draws the benchmark's placements with.
         render_mode: ``"rgb_array"`` or None.
         camera_name: Meta-World's camera for ``rgb_array`` (``"corner"``, ``"topview"``, ...).
@@ -138,12 +141,20 @@ class MetaWorldEnv(TaskEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # Meta-World's dt: 5 x 2.5 ms
     task_description = "class x placement of goal and objects (success rate); metaworld extra"
 
-    def __init__(self, benchmark: str = "ML1", task_name: str | None = "reach-v3", benchmark_seed: int = 0,
+    def __init__(self, benchmark: str = "ML1", task_name: str | None = None, benchmark_seed: int = 0,
                  render_mode: str | None = None, camera_name: str = "corner"):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode: must be None or 'rgb_array', got {render_mode!r}")
+        if benchmark == "ML1":
+            task_name = "reach-v3" if task_name is None else task_name
+        elif task_name is not None:
+            raise ValueError(f"task_name: only ML1 takes one ({benchmark} meta-trains on its fixed classes); "
+                             f"got {task_name!r} (for one task: env.id=metarl/ML1-v0)")
         self.benchmark = benchmark
-        self.task_name = task_name if benchmark == "ML1" else None
+        self.task_name = task_name
+        if not isinstance(benchmark_seed, (int, np.integer)) or not 0 <= benchmark_seed <= SEED_MAX:
+            # ML1 draws its test placements with benchmark_seed + 1; numpy takes seeds up to 2**32 - 1.
+            raise ValueError(f"benchmark_seed: must be an integer from 0 to {SEED_MAX}, got {benchmark_seed!r}")
         self.benchmark_seed = int(benchmark_seed)
         self.classes = classes(benchmark, task_name)
         self.render_mode, self.camera_name = render_mode, camera_name
@@ -160,9 +171,10 @@ class MetaWorldEnv(TaskEnv):
         """Batches hold every class of their split equally often, in a fixed order (then sub-env ``i``
         of a sampler always gets class ``i mod n``: one simulator each); the meta-test set has 40
         placements per class."""
-        count = len(self.classes["test" if split == "paper" else split])
+        kind = "test" if split == "paper" else split
+        count = len(self.classes[kind])
         if num_tasks % count:
-            return (f"{self.benchmark}'s batches hold each of its {count} {split} classes equally often: "
+            return (f"{self.benchmark}'s batches hold each of its {count} {kind} classes equally often: "
                     f"use a multiple of {count}, got {num_tasks}")
         if split == "paper" and num_tasks > PAPER_PLACEMENTS * count:
             return (f"Meta-World's {self.benchmark} meta-test has {PAPER_PLACEMENTS * count} tasks "
@@ -205,9 +217,22 @@ class MetaWorldEnv(TaskEnv):
         self._sim, self._task = sim, task
 
     def get_task(self) -> MetaWorldTask:
+        """The task installed; before any was set, installs a default one (see :meth:`_default_task`)."""
         if self._task is None:
             self.set_task(self._default_task())
         return self._task
+
+    @property
+    def task(self) -> MetaWorldTask | None:
+        """The task installed, or None before any was set or the env reset. Unlike :meth:`get_task`,
+        reading it never builds a simulator: gymnasium's ``set_attr("task", ...)``, with which the
+        sampler installs a meta-batch, reads the attribute first (``hasattr``), and a default task
+        would cost every sub-env a simulator of the first training class that it never uses."""
+        return self._task
+
+    @task.setter
+    def task(self, task: MetaWorldTask) -> None:
+        self.set_task(task)
 
     # -- gymnasium ------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-#: Set to ``stock`` to keep Meta-World's own code.
+#: Set to ``stock`` to keep Meta-World's own code (``fast``, the default: metarl's).
 ENV_VAR = "METARL_METAWORLD_KERNELS"
+KERNEL_CHOICES = ("fast", "stock")
 # Meta-World modules whose ``Rotation`` global was replaced: module -> scipy's Rotation.
 _patched_modules: dict[Any, Any] = {}
 _stock_touching_object: Any = None
@@ -159,7 +160,10 @@ def install() -> bool:
     global _stock_touching_object
     if _stock_touching_object is not None:
         return True
-    if _suspended or os.environ.get(ENV_VAR, "fast") == "stock":
+    choice = os.environ.get(ENV_VAR, "") or "fast"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"{ENV_VAR}: must be one of {', '.join(KERNEL_CHOICES)} (unset: fast), got {choice!r}")
+    if _suspended or choice == "stock":
         return False
     from metaworld.sawyer_xyz_env import SawyerXYZEnv
     from scipy.spatial.transform import Rotation

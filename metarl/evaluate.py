@@ -35,7 +35,9 @@ def check_eval_tasks(env: gym.Env, source: str, num_tasks: int | None = None, ta
         )
     if num_tasks is not None and implements(env, "task_count_error"):
         split = {"train": "train", "paper": "paper"}.get(source, "test")
-        for field, count in (("eval.num_tasks", num_tasks), ("eval.tasks_per_chunk", tasks_per_chunk)):
+        # A chunk of at least eval.num_tasks is one chunk of every task: only eval.num_tasks matters.
+        chunk = tasks_per_chunk if tasks_per_chunk < num_tasks else 0
+        for field, count in (("eval.num_tasks", num_tasks), ("eval.tasks_per_chunk", chunk)):
             error = env.unwrapped.task_count_error(count, split) if count else None
             if error:
                 raise cfg.ConfigError(f"{field}: {error}")

@@ -113,6 +113,8 @@ def check_task_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym
         )
     try:
         env = gym.make(env_id, **(env_kwargs or {}))
+    except ImportError as exc:  # a package the env needs (an optional extra: Meta-World) is missing
+        raise TaskEnvError(f"env.id: {env_id} could not be built: {exc}") from exc
     except Exception as exc:  # a user env may raise anything from its constructor
         raise TaskEnvError(f"env.kwargs: {env_id} could not be built with kwargs {env_kwargs}: {exc}") from exc
     missing = missing_protocol(env)

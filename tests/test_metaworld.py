@@ -13,7 +13,9 @@ from gymnasium.utils.env_checker import check_env
 
 from conftest import TINY_CONFIG, init_local_ray, tiny_config_run
 from metarl.cli import main
+from metarl.config import ConfigError
 from metarl.envs.base import task_to_json
+from metarl.evaluate import check_eval_tasks
 from metarl.policy import GaussianMLPPolicy
 from metarl.run.rundir import read_metrics
 from metarl.sampler import Sampler, contiguous_shards
@@ -81,6 +83,25 @@ def test_set_task_builds_each_class_once_and_never_the_benchmark(ml10, monkeypat
     sims = dict(ml10._sims)
     ml10.set_task(tasks[1])
     assert ml10._sims == sims and len(sims) == 3  # one simulator per class, kept
+
+
+def test_the_samplers_sub_envs_build_only_their_own_class(ml10):
+    # gymnasium's set_attr("task", ...) reads the attribute before it sets it: reading must not build a
+    # simulator of a default task (the first training class) beside the sub-env's own.
+    ml10.reset(seed=0)
+    tasks = ml10.sample_tasks(10)
+    sampler = Sampler("metarl/ML10-v0", horizon=3, seed=0, vectorization="sync")
+    try:
+        sampler.sample(GaussianMLPPolicy(39, 4, hidden_sizes=(8,)), None, tasks, 1)
+        sub_envs = [env.unwrapped for stepper in sampler._steppers.values() for env in stepper.env.envs]
+        assert [list(env._sims) for env in sub_envs] == [[task.env_name] for task in tasks]
+    finally:
+        sampler.close()
+    fresh = gym.make("metarl/ML10-v0").unwrapped
+    assert fresh.task is None and not fresh._sims  # reading the attribute builds nothing
+    fresh.reset(seed=0)  # a reset with no task installs the default one
+    assert fresh.task == fresh.get_task() and fresh.task.placement == -1 and list(fresh._sims) == ["reach-v3"]
+    fresh.close()
 
 
 def test_meta_batches_hold_every_class_in_a_fixed_order(ml10):
@@ -202,8 +223,11 @@ def test_a_tiny_ml1_run_logs_and_evaluates_success(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("eval.num_tasks=45", "eval.num_tasks: Meta-World's ML1 meta-test has 40 tasks"),
-    ("env.id=metarl/ML10-v0 eval.num_tasks=5 eval.tasks_per_chunk=4",
-     "eval.tasks_per_chunk: ML10's batches hold each of its 5"),
+    ("env.id=metarl/ML10-v0 env.kwargs.task_name=null eval.num_tasks=5 eval.tasks_per_chunk=4",
+     "eval.tasks_per_chunk: ML10's batches hold each of its 5 test classes"),
+    ("env.id=metarl/ML10-v0 maml.meta_batch_size=10", "task_name: only ML1 takes one (ML10 meta-trains on its"),
+    ("env.kwargs.benchmark_seed=-1", "benchmark_seed: must be an integer from 0 to 4294967294, got -1"),
+    ("env.kwargs.benchmark_seed=4294967295", "benchmark_seed: must be an integer from 0 to 4294967294"),
 ])
 def test_evaluation_sizes_metaworld_refuses_exit_2_before_training(tmp_path, capsys, override, message):
     args = ["train", "experiments/ml1_reach.yaml", *TINY, *override.split(), f"run.output_dir={tmp_path}",
@@ -211,6 +235,16 @@ def test_evaluation_sizes_metaworld_refuses_exit_2_before_training(tmp_path, cap
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_chunk_of_at_least_every_task_is_not_checked_on_its_own(ml10):
+    # Such a chunk is one chunk of every task: only eval.num_tasks must suit the benchmark.
+    for source, num_tasks, chunk in (("paper", 5, 7), ("paper", 200, 250), ("seeded", 40, 47), ("train", 10, 10)):
+        check_eval_tasks(ml10, source, num_tasks, chunk)
+    with pytest.raises(ConfigError, match="eval.tasks_per_chunk: ML10's batches hold each of its 5 test classes"):
+        check_eval_tasks(ml10, "paper", 10, 4)
+    with pytest.raises(ConfigError, match="eval.num_tasks: Meta-World's ML10 meta-test has 200 tasks"):
+        check_eval_tasks(ml10, "paper", 250, 300)
 
 
 @pytest.mark.parametrize("path", ML1_CONFIGS)

@@ -137,6 +137,10 @@ def test_install_stock_and_the_environment_switch(monkeypatch):
     metaworld_kernels.uninstall()
     monkeypatch.setenv(metaworld_kernels.ENV_VAR, "stock")
     assert not metaworld_kernels.install() and reach.Rotation is Rotation
+    monkeypatch.setenv(metaworld_kernels.ENV_VAR, "Stock")  # a typo is refused, not taken as "fast"
+    with pytest.raises(ValueError, match="METARL_METAWORLD_KERNELS: must be one of fast, stock"):
+        metaworld_kernels.install()
+    monkeypatch.delenv(metaworld_kernels.ENV_VAR)
 
 
 @pytest.mark.filterwarnings("ignore:Constant")
