@@ -49,7 +49,9 @@ class TaskEnv(gym.Env):
         raise NotImplementedError
 
     def get_task(self) -> Any:
-        """The task currently installed."""
+        """The task currently installed. Keep it cheap and free of side effects: the ``task`` property
+        returns it, and gymnasium's ``set_attr("task", ...)`` reads that property before it sets it
+        (an env that would build something for a default task overrides ``task``, as Meta-World's does)."""
         raise NotImplementedError
 
     def task_count_error(self, num_tasks: int, split: str) -> str | None:
