@@ -51,7 +51,8 @@ class TaskEnv(gym.Env):
     def get_task(self) -> Any:
         """The task currently installed. Keep it cheap and free of side effects: the ``task`` property
         returns it, and gymnasium's ``set_attr("task", ...)`` reads that property before it sets it
-        (an env that would build something for a default task overrides ``task``, as Meta-World's does)."""
+        (metarl's sampler does not: it calls each sub-env's ``set_task``). An env that would build
+        something for a default task can override ``task``, as Meta-World's does."""
         raise NotImplementedError
 
     def task_count_error(self, num_tasks: int, split: str) -> str | None:

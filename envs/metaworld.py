@@ -225,9 +225,9 @@ class MetaWorldEnv(TaskEnv):
     @property
     def task(self) -> MetaWorldTask | None:
         """The task installed, or None before any was set or the env reset. Unlike :meth:`get_task`,
-        reading it never builds a simulator: gymnasium's ``set_attr("task", ...)``, with which the
-        sampler installs a meta-batch, reads the attribute first (``hasattr``), and a default task
-        would cost every sub-env a simulator of the first training class that it never uses."""
+        reading it never builds a simulator: gymnasium's ``set_attr("task", ...)`` reads the attribute
+        first (``hasattr``), and a default task would cost every sub-env so installed a simulator of
+        the first training class that it never uses (metarl's sampler calls ``set_task`` directly)."""
         return self._task
 
     @task.setter

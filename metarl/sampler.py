@@ -188,6 +188,22 @@ def _worker_ignoring_sigint(*args: Any, **kwargs: Any) -> None:
     _async_worker(*args, **kwargs)
 
 
+class _SetsTaskDirectly(gym.Wrapper):
+    """Installs a sub-env's task with its ``set_task`` when the vector env sets ``task``.
+
+    gymnasium's ``set_attr`` (``set_wrapper_attr``) reads an attribute before it sets it, so a plain
+    ``set_attr("task", ...)`` would call the env's ``get_task`` first: for an env that installs a
+    default task there (and builds a simulator for it), a cost paid per sub-env and per meta-batch.
+    The outermost wrapper of each sub-env, so both SyncVectorEnv and AsyncVectorEnv workers go
+    through it."""
+
+    def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        if name == "task":
+            self.env.unwrapped.set_task(value)
+            return True
+        return super().set_wrapper_attr(name, value, force=force)
+
+
 class VectorStepper(Stepper):
     """gymnasium's vector API: the env's vector entry point, SyncVectorEnv or AsyncVectorEnv, with
     next-step autoreset (what a finished sub-env returns afterwards is ignored). A vector entry point
@@ -202,7 +218,8 @@ class VectorStepper(Stepper):
             vector_kwargs["worker"] = _worker_ignoring_sigint
         self.device, self.action_dtype = device, action_dtype
         self.env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=None if uses_entry_point else mode,
-                                vector_kwargs=vector_kwargs, max_episode_steps=horizon, **env_kwargs)
+                                vector_kwargs=vector_kwargs, max_episode_steps=horizon,
+                                wrappers=None if uses_entry_point else [_SetsTaskDirectly], **env_kwargs)
         if self.env.metadata.get("autoreset_mode") == AutoresetMode.DISABLED:
             self.env.close()
             raise TaskEnvError(f"{env_id}: the sampler needs a vector env that autoresets")

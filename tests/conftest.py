@@ -115,6 +115,14 @@ class SuccessWhenTrueEnv(CounterEnv):
         return obs, reward, terminated, truncated, {**info, **({"success": True} if self._t == 2 else {})}
 
 
+class UnreadTaskEnv(CounterEnv):
+    """:class:`CounterEnv` whose ``get_task`` must not be called: the sampler installs tasks without
+    reading one first (an env may build a default task in ``get_task``)."""
+
+    def get_task(self):
+        raise AssertionError("get_task was called")
+
+
 class NoProtocolEnv(gym.Env):
     """A plain env without the task protocol."""
 
@@ -140,7 +148,8 @@ class DiscreteTaskEnv(CounterEnv):
 for _id, _cls in [("tests/Counter-v0", CounterEnv), ("tests/NoProtocol-v0", NoProtocolEnv),
                   ("tests/Discrete-v0", DiscreteTaskEnv),
                   ("tests/TruncatingCounter-v0", TruncatingCounterEnv), ("tests/NonFinite-v0", NonFiniteEnv),
-                  ("tests/SuccessCounter-v0", SuccessCounterEnv), ("tests/SuccessWhenTrue-v0", SuccessWhenTrueEnv)]:
+                  ("tests/SuccessCounter-v0", SuccessCounterEnv), ("tests/SuccessWhenTrue-v0", SuccessWhenTrueEnv),
+                  ("tests/UnreadTask-v0", UnreadTaskEnv)]:
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls, max_episode_steps=6)
 

@@ -67,6 +67,19 @@ def test_same_seed_same_episodes_different_seed_different():
     assert not torch.equal(e1.actions, e3.actions)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async", "processes"])
+def test_tasks_are_installed_without_reading_the_task_first(mode):
+    # gymnasium's own set_attr("task", ...) reads `task` (the env's get_task) before it sets it
+    sampler = Sampler("tests/UnreadTask-v0", seed=0, vectorization=mode, processes=2)
+    torch.manual_seed(0)
+    tasks = [LengthTask(2), LengthTask(4), LengthTask(5)]
+    try:
+        episodes = sampler.sample(GaussianMLPPolicy(2, 1, hidden_sizes=(4,)), None, tasks, episodes_per_task=2)
+    finally:
+        sampler.close()
+    assert torch.equal(episodes.mask.sum(-1), torch.tensor([[2.0] * 2, [4.0] * 2, [5.0] * 2]))
+
+
 @pytest.mark.parametrize("rescale", [True, False])
 def test_navigation_actions_are_rescaled_to_the_bounds_and_clipped_by_the_env(rescale):
     sampler = Sampler("metarl/Navigation2D-v0", seed=0, rescale_actions=rescale)
