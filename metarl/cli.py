@@ -129,10 +129,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluate import format_table
     from metarl.run.evaluation import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.overrides, args.checkpoint)
+    result = evaluate_run(args.run_dir, args.overrides, args.checkpoint, args.out)
     print(format_table(result))
-    name = "eval_train" if result.get("eval_tasks") == "train" else "eval"
-    print(f"wrote {args.run_dir}/{name}.json and {name}.png")
+    if args.out:
+        print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    else:
+        name = "eval_train" if result.get("eval_tasks") == "train" else "eval"
+        print(f"wrote {args.run_dir}/{name}.json and {name}.png")
     return 0
 
 
@@ -175,6 +178,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override config fields, e.g. eval.num_steps=5 eval.step_sizes=[0.1]")
     p.add_argument("--checkpoint", help="checkpoint file to evaluate (default: RUN_DIR/checkpoints/last.pt)")
+    p.add_argument("--out", metavar="FILE.json",
+                   help="write the evaluation here (and its plot beside it as .png) instead of the run's "
+                   "eval.json or eval_train.json, e.g. to try other eval.step_sizes without replacing them")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="measure sampling and meta-update speed",

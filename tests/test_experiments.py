@@ -1,5 +1,6 @@
 """Every experiment script and config runs end to end with a tiny budget."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,24 @@ def test_paper_comparison_script_runs(tmp_path, tiny_run_args):
     table = (tmp_path / "paper" / "vs_paper.md").read_text()
     assert ("| metarl MAML (ours) |" in table
             and "| paper MAML | -40.41 ± 2.07 | -11.68 ± 1.12 | -3.33 ± 0.28 |" in table)
+
+
+def test_step_size_probe_writes_beside_the_run_and_reproduces_its_evaluation(tmp_path, tiny_run_args):
+    from metarl.cli import main
+
+    assert main(["train", str(EXPERIMENTS / "navigation2d.yaml"), *tiny_run_args, "run.name=probe", "--quiet",
+                 "eval.num_steps=1", "eval.num_tasks=4"]) == 0
+    run_dir, probe = tmp_path / "probe", [sys.executable, str(EXPERIMENTS / "probe_step_sizes.py")]
+    trained_with = cfg.load(run_dir / "config.yaml").maml.inner_lr
+    proc = subprocess.run([*probe, str(run_dir), "0.01", str(trained_with)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 0")]
+    assert len(rows) == 2 and "(trained with)" in rows[1]
+    again = tmp_path / "step_sizes" / f"paper_{trained_with:g}.json"
+    own, again = (json.loads(p.read_text()) for p in (run_dir / "eval.json", again))
+    assert again["per_task_returns"] == own["per_task_returns"]  # the trained size, evaluated again: the same
+    assert (tmp_path / "step_sizes" / "paper_0.01.png").is_file()
+    rerun = subprocess.run([*probe, str(run_dir), "0.01", str(trained_with)], capture_output=True, text=True)
+    assert rerun.stdout == proc.stdout and "evaluating" not in rerun.stderr  # read, not rerun
+    bad = subprocess.run([*probe, str(run_dir), "0.01", "--set", "maml.inner_lr=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--set only takes eval.* fields" in bad.stderr

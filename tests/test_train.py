@@ -70,6 +70,19 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
     assert result["tasks"][0]["goal"] != pytest.approx(PAPER_FIRST_GOAL)
 
 
+def test_evaluate_out_leaves_the_runs_own_evaluation_alone(tmp_path, tiny_run_args, capsys):
+    assert main(["train", NAV, *tiny_run_args, "run.name=out", "--quiet"]) == 0
+    run_dir = tmp_path / "out"
+    own = (run_dir / "eval.json").read_bytes()
+    out = tmp_path / "probe" / "step_0.5.json"
+    assert main(["evaluate", str(run_dir), "eval.num_steps=1", "eval.step_sizes=[0.5]", "--out", str(out)]) == 0
+    assert (run_dir / "eval.json").read_bytes() == own
+    assert json.loads(out.read_text())["step_sizes"] == [0.5] and out.with_suffix(".png").is_file()
+    assert f"wrote {out} and" in capsys.readouterr().out
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "probe.txt")]) == 2
+    assert "--out: must name a .json file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -20,10 +20,10 @@ from metarl.run.state import load_meta_parameters
 EVALUATE_OVERRIDES = ("eval.", "run.device")
 
 
-def run_evaluation(config: cfg.Config, parts: Components, run: RunDir) -> dict[str, Any]:
+def run_evaluation(config: cfg.Config, parts: Components, run: RunDir, out: Path | None = None) -> dict[str, Any]:
     """The test protocol of ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run``
     (``eval_train.json`` and ``eval_train.png`` for ``eval.tasks: train``, the meta-train
-    evaluation, which never replaces the held-out one)."""
+    evaluation, which never replaces the held-out one), or ``out`` and a ``.png`` beside it."""
     ev = config.eval
     tasks = eval_tasks(config)
     # Its own sampler, on the "eval_sampler" stream of eval.seed: the same checkpoint always gives the same eval.json.
@@ -35,18 +35,24 @@ def run_evaluation(config: cfg.Config, parts: Components, run: RunDir) -> dict[s
         sampler.close()
     result = {"env": config.env.id, "eval_tasks": ev.tasks, "eval_seed": ev.seed, **result,
               "time_s": time.perf_counter() - start}
-    name = "eval_train" if ev.tasks == "train" else "eval"
-    atomic_write_bytes(run.path / f"{name}.json", lambda f: f.write(json.dumps(result, indent=1).encode()))
-    plot_adaptation(result, run.path / f"{name}.png", title=config.env.id + (" (training tasks)" if ev.tasks == "train"
+    out = out or run.path / ("eval_train.json" if ev.tasks == "train" else "eval.json")
+    atomic_write_bytes(out, lambda f: f.write(json.dumps(result, indent=1).encode()))
+    plot_adaptation(result, out.with_suffix(".png"), title=config.env.id + (" (training tasks)" if ev.tasks == "train"
                                                                               else ""), label=run.path.name)
     return result
 
 
 def evaluate_run(
-    run_dir: str | Path, overrides: list[str] | None = None, checkpoint: str | Path | None = None
+    run_dir: str | Path, overrides: list[str] | None = None, checkpoint: str | Path | None = None,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Re-run the evaluation of a finished (or checkpointed) run, with optional ``eval.*`` and
-    ``run.device`` overrides; ``checkpoint`` defaults to ``RUN_DIR/checkpoints/last.pt``."""
+    ``run.device`` overrides; ``checkpoint`` defaults to ``RUN_DIR/checkpoints/last.pt``. ``out``
+    (a ``.json`` path) keeps the run's own ``eval.json`` / ``eval_train.json`` as they are."""
+    if out is not None:
+        out = Path(out)
+        if out.suffix != ".json" or out.is_dir():
+            raise cfg.ConfigError(f"--out: must name a .json file (its plot goes beside it as .png), got {str(out)!r}")
     run = RunDir.open(run_dir)
     config = run.load_config(overrides, EVALUATE_OVERRIDES,
                              "evaluate only accepts eval.* and run.device overrides (the policy is fixed by the run)")
@@ -60,6 +66,8 @@ def evaluate_run(
                   "episodes differ from that run's, so the figures may differ from its eval.json within their "
                   "noise", file=sys.stderr, flush=True)
         load_meta_parameters(parts, saved, path)
-        return run_evaluation(config, parts, run)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        return run_evaluation(config, parts, run, out)
     finally:
         parts.close()
