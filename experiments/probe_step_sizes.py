@@ -21,19 +21,18 @@ import math
 import sys
 from pathlib import Path
 
+import torch
+
 from metarl import config as cfg
+from metarl.evaluate import stderr
 from metarl.run.evaluation import evaluate_run
 from metarl.run.rundir import RunDir
 
 
 def paired(before: list[float], after: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the per-task differences ``after - before``."""
-    diffs = [a - b for a, b in zip(after, before, strict=True)]
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return mean, float("nan")
-    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return mean, math.sqrt(var / len(diffs))
+    """Mean and standard error (as eval.json's) of the per-task differences ``after - before``."""
+    diffs = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
+    return float(diffs.mean()), stderr(diffs)
 
 
 def mean_err(mean: float, err: float) -> str:
@@ -75,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probe_step_sizes: {exc}", file=sys.stderr)
         return 2
     out = args.out or args.run_dir.resolve().parent / "step_sizes"
-    lines = []
+    lines, has_success = [], False
     for size in args.sizes:
         path = out / f"{config.eval.tasks}_{size:g}.json"
         if args.force or not path.is_file():
             print(f"evaluating step size {size:g} -> {path}", file=sys.stderr, flush=True)
             evaluate_run(args.run_dir, [*args.set, "eval.num_steps=1", f"eval.step_sizes=[{size!r}]"], out=path)
-        lines.append(row(size, json.loads(path.read_text()), config.maml.inner_lr))
-    has_success = "success_rate" in json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        has_success = "success_rate" in result
+        lines.append(row(size, result, config.maml.inner_lr))
     head = ["inner step size"]
     if has_success:
         head += ["success, 0 steps", "success, 1 step", "change"]

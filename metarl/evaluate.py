@@ -118,7 +118,7 @@ def evaluate(
         "num_tasks": num_tasks,
         "steps": list(range(num_steps + 1)),
         "mean_return": [float(r.mean()) for r in per_task],
-        "stderr": [_stderr(r) for r in per_task],
+        "stderr": [stderr(r) for r in per_task],
         "step_sizes": used_step_sizes,
         "episodes_per_task": episodes_per_task,
         **({"final_episodes_per_task": final_episodes_per_task} if final_episodes_per_task else {}),
@@ -131,19 +131,19 @@ def evaluate(
         per_task_success = [torch.cat([torch.zeros_like(r) if s is None else s for s, r in zip(ss, rs, strict=True)])
                             for ss, rs in zip(successes, returns, strict=True)]
         result["success_rate"] = [float(s.mean()) for s in per_task_success]
-        result["success_stderr"] = [_stderr(s) for s in per_task_success]
+        result["success_stderr"] = [stderr(s) for s in per_task_success]
         result["per_task_success"] = [s.tolist() for s in per_task_success]
         names = [getattr(t, "env_name", None) for t in tasks]
         if all(isinstance(n, str) for n in names):
             members = {name: [i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)}
             result["per_class_success"] = {name: [float(s[rows].mean()) for s in per_task_success]
                                            for name, rows in members.items()}
-            result["per_class_success_stderr"] = {name: [_stderr(s[rows]) for s in per_task_success]
+            result["per_class_success_stderr"] = {name: [stderr(s[rows]) for s in per_task_success]
                                                   for name, rows in members.items()}
     return result
 
 
-def _stderr(values: torch.Tensor) -> float:
+def stderr(values: torch.Tensor) -> float:
     """Sample standard deviation over tasks / sqrt(tasks); 0 for one task."""
     return float(values.std(unbiased=True)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
