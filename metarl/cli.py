@@ -127,15 +127,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluate import format_table
-    from metarl.run.evaluation import evaluate_run
+    from metarl.run.evaluation import evaluate_run, evaluation_file
 
     result = evaluate_run(args.run_dir, args.overrides, args.checkpoint, args.out)
     print(format_table(result))
-    if args.out:
-        print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
-    else:
-        name = "eval_train" if result.get("eval_tasks") == "train" else "eval"
-        print(f"wrote {args.run_dir}/{name}.json and {name}.png")
+    path = Path(args.out) if args.out else evaluation_file(args.run_dir, result["eval_tasks"])
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
 
 

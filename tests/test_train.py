@@ -59,7 +59,8 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
     assert main(["evaluate", str(run_dir), "eval.num_steps=1", "eval.num_tasks=2"]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["steps"] == [0, 1] and result["num_tasks"] == 2
-    assert "mean return" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mean return" in out and f"wrote {run_dir / 'eval.json'} and {run_dir / 'eval.png'}" in out
     # The config evaluates on the MAML paper's own test goals ...
     assert result["eval_tasks"] == "paper"
     assert result["tasks"][0]["goal"] == pytest.approx(PAPER_FIRST_GOAL)
@@ -68,6 +69,12 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["eval_tasks"] == "seeded" and result["eval_seed"] == 1000
     assert result["tasks"][0]["goal"] != pytest.approx(PAPER_FIRST_GOAL)
+    # The meta-train tasks' evaluation goes beside it and leaves it alone.
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "eval.num_steps=1", "eval.num_tasks=2", "eval.tasks=train"]) == 0
+    assert json.loads((run_dir / "eval.json").read_text())["eval_tasks"] == "seeded"
+    assert json.loads((run_dir / "eval_train.json").read_text())["eval_tasks"] == "train"
+    assert f"wrote {run_dir / 'eval_train.json'} and {run_dir / 'eval_train.png'}" in capsys.readouterr().out
 
 
 def test_evaluate_out_leaves_the_runs_own_evaluation_alone(tmp_path, tiny_run_args, capsys):

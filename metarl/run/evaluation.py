@@ -20,6 +20,12 @@ from metarl.run.state import load_meta_parameters
 EVALUATE_OVERRIDES = ("eval.", "run.device")
 
 
+def evaluation_file(run_dir: str | Path, tasks: str | None) -> Path:
+    """Where a run keeps its evaluation on ``eval.tasks``: ``eval_train.json`` for the meta-train
+    tasks (``train``), ``eval.json`` for held-out ones; its plot is the same name with ``.png``."""
+    return Path(run_dir) / ("eval_train.json" if tasks == "train" else "eval.json")
+
+
 def run_evaluation(config: cfg.Config, parts: Components, run: RunDir, out: Path | None = None) -> dict[str, Any]:
     """The test protocol of ``config.eval``; writes ``eval.json`` and ``eval.png`` to ``run``
     (``eval_train.json`` and ``eval_train.png`` for ``eval.tasks: train``, the meta-train
@@ -35,7 +41,7 @@ def run_evaluation(config: cfg.Config, parts: Components, run: RunDir, out: Path
         sampler.close()
     result = {"env": config.env.id, "eval_tasks": ev.tasks, "eval_seed": ev.seed, **result,
               "time_s": time.perf_counter() - start}
-    out = out or run.path / ("eval_train.json" if ev.tasks == "train" else "eval.json")
+    out = out or evaluation_file(run.path, ev.tasks)
     atomic_write_bytes(out, lambda f: f.write(json.dumps(result, indent=1).encode()))
     plot_adaptation(result, out.with_suffix(".png"), title=config.env.id + (" (training tasks)" if ev.tasks == "train"
                                                                               else ""), label=run.path.name)

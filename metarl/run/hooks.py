@@ -20,7 +20,7 @@ from typing import IO, Any
 from metarl.evaluate import format_table
 from metarl.plots import plot_training
 from metarl.progress import progress_bar
-from metarl.run.evaluation import run_evaluation
+from metarl.run.evaluation import evaluation_file, run_evaluation
 from metarl.run.loop import Hook, RunState
 from metarl.run.rundir import BEST_CHECKPOINT, CHECKPOINT
 from metarl.run.state import checkpoint_state
@@ -143,8 +143,7 @@ class Evaluation(Hook):
         # so that they and the evaluation's never take memory together (ML45: 450 simulators).
         state.parts.sampler.close()
         result = run_evaluation(state.config, state.parts, state.run)
-        name = "eval_train" if result.get("eval_tasks") == "train" else "eval"
-        self.tracker.log_evaluation(result, state.run.path / f"{name}.png")
+        self.tracker.log_evaluation(result, evaluation_file(state.run.path, result["eval_tasks"]).with_suffix(".png"))
         state.say(format_table(result))
         self.tracker.log_videos(state.config, state.run.path, state.say)
 
