@@ -7,8 +7,8 @@
 - **oracle**: PPO on the env with the task appended to the observation (``oracle=True``),
   evaluated without adaptation.
 
-PPO acts in [-1, 1] (the env's actions are rescaled, as metarl's sampler does), so the copied
-actor means the same thing in both frameworks.
+PPO acts in [-1, 1] (in [-r, r] with ``sampler.action_range`` r; the env's actions are rescaled, as
+metarl's sampler does), so the copied actor means the same thing in both frameworks.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def make_training_env(config: cfg.Config, oracle: bool = False) -> gym.Env:
             raise cfg.ConfigError(f"{config.env.id} has no oracle option (an `oracle=True` kwarg): {exc}") from exc
         raise
     low, high = env.action_space.low, env.action_space.high
-    if (low != -1).any() or (high != 1).any():
+    bound = config.sampler.action_range  # the policy's range, as metarl's sampler maps it
+    if (low != -bound).any() or (high != bound).any():
         ones = np.ones(env.action_space.shape, dtype=env.action_space.dtype)
-        env = gym.wrappers.RescaleAction(env, -ones, ones)
+        env = gym.wrappers.RescaleAction(env, -bound * ones, bound * ones)
     return TaskDistribution(env)
 
 

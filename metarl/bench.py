@@ -59,6 +59,7 @@ from mujoco import rollout
 import metarl.config as cfg
 from metarl.checkpoint import load_checkpoint
 from metarl.envs import metaworld_kernels
+from metarl.envs.base import implements
 from metarl.envs.batched import cpu_cores
 from metarl.envs.metaworld import IDS as METAWORLD_IDS
 from metarl.envs.mujoco_batch import MujocoBatchSim
@@ -67,7 +68,7 @@ from metarl.maml import trpo_meta_step
 from metarl.run.factory import build, eval_tasks, make_sampler
 from metarl.run.iteration import collect_meta_batch, meta_iteration
 from metarl.run.state import load_meta_parameters
-from metarl.sampler import resolve_env_id
+from metarl.sampler import check_task_env, resolve_env_id
 
 
 @dataclass(frozen=True)
@@ -317,11 +318,11 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with metaworld_kernels.stock() if meta_world else nullcontext():
         row["sync_vector_steps_per_s"] = sync_rate()
     row["sync_kernels_steps_per_s"] = sync_rate() if meta_world else None
-    async_tasks = max(1, args.async_envs // 4)
-    row["async_vector_steps_per_s"] = (
-        sampler_rate(config, "async", 1, tasks=async_tasks, episodes=max(1, args.async_envs // async_tasks))
-        if args.async_envs else None
-    )
+    if args.async_envs:
+        async_tasks, async_episodes = async_batch(config, args.async_envs)
+        row["async_vector_steps_per_s"] = sampler_rate(config, "async", 1, tasks=async_tasks, episodes=async_episodes)
+    else:
+        row["async_vector_steps_per_s"] = None
     limit = row["limit_steps_per_s"]
     row["sampler_vs_limit"] = row["sampler_steps_per_s"] / limit if limit else None
     sync = row["sync_vector_steps_per_s"]
@@ -334,6 +335,21 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     row["eval_s"] = evaluation_time(config, args.checkpoint) if args.eval else None
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return row
+
+
+def async_batch(config: cfg.Config, async_envs: int) -> tuple[int, int]:
+    """``(tasks, episodes per task)`` for the AsyncVectorEnv rate, about ``async_envs`` sub-envs: a
+    quarter of them tasks, rounded up to a meta-batch size the env accepts (``task_count_error``:
+    Meta-World ML10 asks for a multiple of its 10 classes, which then makes 10 sub-envs)."""
+    tasks = max(1, async_envs // 4)
+    env = check_task_env(config.env.id, config.env.kwargs)
+    try:
+        if implements(env, "task_count_error"):
+            tasks = next((n for n in range(tasks, tasks + 1000)
+                          if env.unwrapped.task_count_error(n, "train") is None), tasks)
+    finally:
+        env.close()
+    return tasks, max(1, async_envs // tasks)
 
 
 def gym_horizon(config: cfg.Config) -> int | None:

@@ -74,6 +74,10 @@ class SamplerConfig:
     share with `vectorization`; section ray). Both give the same episodes."""
     rescale_actions: bool = True
     """Policy acts in [-1, 1], mapped onto the env's action bounds (as in the MAML paper's rllab setup)."""
+    action_range: float = 1.0
+    """With rescale_actions, the policy acts in [-action_range, action_range] instead, mapped onto the
+    env's bounds: garage's normalize(expected_action_scale=...), 10 in its Meta-World ML1 and ML45
+    examples (the policy's initial noise is then a tenth of the env's range)."""
     budget: str = "episodes"
     """episodes: episodes_per_task episodes per task; steps: whole episodes until each task has
     episodes_per_task * horizon steps (rllab's batches in the MAML authors' code)."""
@@ -278,7 +282,8 @@ CHOICES = {
     "maml.outer": OUTER_UPDATES,
 }
 POSITIVE = {
-    "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "maml.meta_batch_size", "maml.inner_lr",
+    "policy.init_std", "sampler.episodes_per_task", "sampler.horizon", "sampler.action_range",
+    "maml.meta_batch_size", "maml.inner_lr",
     "maml.inner_steps",
     "trpo.max_kl", "trpo.cg_iters", "trpo.line_search_steps", "trpo.cg_subsample",
     "eval.num_tasks", "eval.episodes_per_task",
@@ -396,6 +401,9 @@ def _validate(config: Config) -> None:
     for path in SEEDS:
         if not 0 <= flat[path] < 2**32:
             raise ConfigError(f"{path}: must be in [0, 2**32), got {flat[path]!r}")
+    if config.sampler.action_range != 1.0 and not config.sampler.rescale_actions:
+        raise ConfigError(f"sampler.action_range: applies only with sampler.rescale_actions=true, "
+                          f"got {config.sampler.action_range!r} with rescale_actions=false")
     if not 0.0 < config.trpo.backtrack_ratio < 1.0:
         raise ConfigError(f"trpo.backtrack_ratio: must be in (0, 1), got {config.trpo.backtrack_ratio!r}")
     if not config.policy.hidden_sizes or min(config.policy.hidden_sizes) <= 0:

@@ -115,7 +115,7 @@ class RaySampler(BaseSampler):
     """A sampler whose rounds run on ``num_workers`` Ray actors, each holding a :class:`~metarl.sampler.Sampler`.
 
     Args:
-        env_id, env_kwargs, horizon, vectorization, seed, rescale_actions: as for ``Sampler``;
+        env_id, env_kwargs, horizon, vectorization, seed, rescale_actions, action_range: as for ``Sampler``;
             the workers use them, the driver only draws the randomness.
         device: where the returned episodes go (the policy's device); workers run on CPU.
         num_workers: rollout actors; a round uses ``min(num_workers, tasks)`` of them.
@@ -142,15 +142,16 @@ class RaySampler(BaseSampler):
         max_retries: int = 2,
         timeout_s: float = 600.0,
         processes: int = 0,
+        action_range: float = 1.0,
     ):
         ray = import_ray()
         if num_workers < 1:
             raise ValueError(f"ray.workers must be >= 1, got {num_workers}")
         # The workers' own sampler, built here once so that a bad vectorization fails on the driver.
-        local = Sampler(env_id, env_kwargs, horizon, vectorization, "cpu", 0, rescale_actions, processes)
+        local = Sampler(env_id, env_kwargs, horizon, vectorization, "cpu", 0, rescale_actions, processes, action_range)
         self._worker_note = local.note.split(" steps through ", 1)[1]
         local.close()
-        super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
+        super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions, action_range)
         super().close()  # the driver never simulates
         global _STARTED_RAY
         self._ray = ray
@@ -169,7 +170,7 @@ class RaySampler(BaseSampler):
         self.max_retries, self.timeout_s = max_retries, timeout_s
         self._sampler_kwargs = {"env_id": env_id, "env_kwargs": self.env_kwargs, "horizon": self.horizon,
                                 "vectorization": vectorization, "rescale_actions": rescale_actions,
-                                "processes": processes}
+                                "processes": processes, "action_range": action_range}
         self._pool: _WorkerPool | None = None
         self._pool_key: str | None = None
         self._params_ref: Any = None

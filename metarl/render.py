@@ -116,7 +116,7 @@ def render_run(
                               on_step=lambda k, params: kept.__setitem__(k, params))
         finally:
             sampler.close()
-        action_map = sampler.action_to_env  # the policy acts in [-1, 1]
+        action_map = sampler.action_to_env  # the policy's range onto the env's bounds
         out = Path(out_dir) if out_dir else run.path / "videos"
         out.mkdir(parents=True, exist_ok=True)
         env = _rendering_env(config.env.id, config.env.kwargs, size)

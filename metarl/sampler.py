@@ -398,6 +398,11 @@ class BaseSampler(ABC):
             finite action bounds (``low + (a + 1) (high - low) / 2``), as rllab's ``normalize`` did
             for the MAML paper; the env then clips. Identity for envs whose bounds are [-1, 1].
             Episodes record the policy's own (unmapped) actions.
+        action_range: with ``rescale_actions``, the policy's range is [-r, r] instead
+            (``low + (a + r) (high - low) / 2r``): garage's ``normalize(expected_action_scale=r)``,
+            which its Meta-World ML1 and ML45 examples use with r = 10, so that the policy's
+            initial noise is a tenth of the env's range. Dimensions with an infinite bound are
+            passed through unchanged.
     """
 
     def __init__(
@@ -408,7 +413,10 @@ class BaseSampler(ABC):
         device: torch.device | str = "cpu",
         seed: int | np.random.SeedSequence = 0,
         rescale_actions: bool = True,
+        action_range: float = 1.0,
     ):
+        if not action_range > 0:
+            raise ValueError(f"sampler.action_range must be > 0, got {action_range}")
         #: Whether the env has reported ``info["success"]`` in any round so far: from then on a round
         #: in which no step reported it has ``success`` all False, not None.
         self.reports_success = False
@@ -425,7 +433,7 @@ class BaseSampler(ABC):
         low, high = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
         finite = np.isfinite(low) & np.isfinite(high) & rescale_actions
         self._action_center = np.where(finite, (high + low) / 2, 0.0)
-        self._action_scale = np.where(finite, (high - low) / 2, 1.0)
+        self._action_scale = np.where(finite, (high - low) / (2 * action_range), 1.0)
         self.device = torch.device(device)
         self.seed = _seed_sequence(seed)
         resets, noise = self.seed.spawn(2)
@@ -441,7 +449,7 @@ class BaseSampler(ABC):
         return self.action_space.shape[0]
 
     def action_to_env(self, action: np.ndarray) -> np.ndarray:
-        """The policy's action in [-1, 1] mapped onto the env's bounds (see ``rescale_actions``)."""
+        """The policy's action in [-r, r] mapped onto the env's bounds (see ``rescale_actions``)."""
         return (self._action_center + self._action_scale * action).astype(self.action_space.dtype)
 
     @property
@@ -551,6 +559,7 @@ class Sampler(BaseSampler):
         seed: int | np.random.SeedSequence = 0,
         rescale_actions: bool = True,
         processes: int = 0,
+        action_range: float = 1.0,
     ):
         if vectorization not in VECTORIZATION_MODES:
             raise ValueError(f"sampler.vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
@@ -558,7 +567,7 @@ class Sampler(BaseSampler):
             raise ValueError(f"sampler.processes must be >= 0, got {processes}")
         self._steppers: dict[int, Stepper] = {}
         self.processes = processes or cpu_cores()
-        super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions)
+        super().__init__(env_id, env_kwargs, horizon, device, seed, rescale_actions, action_range)
         env_id, probe = self.env_id, self._probe
         spec = gym.spec(env_id)
         # Why the env's batched simulator is not used (empty when it is, or when not asked for).

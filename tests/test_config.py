@@ -48,12 +48,19 @@ def test_round_trip_through_yaml(tmp_path):
         ("trpo.backtrack_ratio=1.0", r"trpo.backtrack_ratio: must be in \(0, 1\)"),
         ("maml.baseline_ridge=0", "maml.baseline_ridge: must be > 0"),
         ("maml.inner_steps=0", "maml.inner_steps: must be > 0"),
+        ("sampler.action_range=-10", "sampler.action_range: must be > 0"),
         ("run.iterations", "expected dotted.key=value"),
     ],
 )
 def test_bad_input_names_the_field(override, message):
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.load(None, [override])
+
+
+def test_action_range_needs_rescaled_actions():
+    assert cfg.load(None, ["sampler.action_range=10"]).sampler.action_range == 10.0
+    with pytest.raises(cfg.ConfigError, match="sampler.action_range: applies only with sampler.rescale_actions=true"):
+        cfg.load(None, ["sampler.action_range=10", "sampler.rescale_actions=false"])
 
 
 def test_bad_yaml_file_keys(tmp_path):

@@ -4,6 +4,8 @@ this file with it installed and never skips it). The missing-extra error is test
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -12,8 +14,10 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from conftest import TINY_CONFIG, init_local_ray, tiny_config_run
+from metarl.bench import async_batch
 from metarl.cli import main
 from metarl.config import ConfigError
+from metarl.config import load as load_config
 from metarl.envs.base import task_to_json
 from metarl.evaluate import check_eval_tasks
 from metarl.policy import GaussianMLPPolicy
@@ -38,6 +42,23 @@ def ml10():
     env = gym.make("metarl/ML10-v0")
     yield env.unwrapped
     env.close()
+
+
+def test_bench_measures_async_on_a_meta_batch_the_env_accepts(ml10):
+    # ML10 takes multiples of its 10 classes: --async-envs 8 measures 10 tasks x 1 episode, not 2 x 4
+    assert async_batch(load_config("experiments/ml10.yaml"), 8) == (10, 1)
+    assert async_batch(load_config("experiments/ml1_reach.yaml"), 8) == (2, 4)
+
+
+def test_the_profile_script_attributes_a_steps_time():
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "profile_metaworld.py")
+    proc = subprocess.run([sys.executable, script, "pick-place-v3", "--steps", "200"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| pick-place-v3 |")]
+    assert [row[1] for row in rows] == ["Meta-World's", "metarl's kernels"]
+    for row in rows:  # every part took some of the time, and the shares and the rest make 100%
+        shares = [float(cell.strip(" |%")) for cell in row[3:]]
+        assert all(share > 0 for share in shares[:3]) and sum(shares) == pytest.approx(100, abs=2)
 
 
 @pytest.mark.parametrize("name", sorted(ALL_V3_ENVIRONMENTS))
@@ -194,6 +215,38 @@ def test_the_sampler_records_success_for_metaworld():
     assert batch.observations.shape == (2, 2, 5, 39)
     sampler.close()
     env.close()
+
+
+class ReachPolicy(GaussianMLPPolicy):
+    """Moves the hand (observation[:3]) towards each task's goal (``goals[i]``, read from the task
+    since ML1 hides it from the observation), or keeps it still where the goal is None."""
+
+    def __init__(self, goals):
+        super().__init__(39, 4, hidden_sizes=(4,), init_std=1e-3)
+        self.goals = torch.tensor([g if g is not None else [np.nan] * 3 for g in goals], dtype=torch.float32)
+
+    def mean_std(self, obs, params=None):
+        _, std = super().mean_std(obs, params)
+        mean = torch.zeros(*obs.shape[:-1], 4)
+        step = (10 * (self.goals[:, None] - obs[..., :3])).clamp(-1, 1)
+        mean[..., :3] = torch.nan_to_num(step)
+        return mean, std
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "processes"])
+def test_metaworld_success_reaches_the_episodes(vectorization):
+    # A reach-v3 episode that reaches its goal succeeds, one that stays put does not: success is
+    # taken from Meta-World's own info["success"] through the sub-envs or the worker processes.
+    env = gym.make("metarl/ML1-v0", task_name="reach-v3").unwrapped
+    env.reset(seed=0)
+    tasks = env.sample_tasks(2)
+    env.close()
+    sampler = Sampler("metarl/ML1-v0", {"task_name": "reach-v3"}, horizon=150, seed=0, vectorization=vectorization)
+    try:
+        batch = sampler.sample(ReachPolicy([tasks[0].rand_vec[3:], None]), None, tasks, 2)
+    finally:
+        sampler.close()
+    assert batch.success.tolist() == [[True, True], [False, False]]
 
 
 def test_unknown_task_name_exits_2_listing_the_valid_ones(tmp_path, capsys):

@@ -80,19 +80,33 @@ def test_tasks_are_installed_without_reading_the_task_first(mode):
     assert torch.equal(episodes.mask.sum(-1), torch.tensor([[2.0] * 2, [4.0] * 2, [5.0] * 2]))
 
 
-@pytest.mark.parametrize("rescale", [True, False])
-def test_navigation_actions_are_rescaled_to_the_bounds_and_clipped_by_the_env(rescale):
-    sampler = Sampler("metarl/Navigation2D-v0", seed=0, rescale_actions=rescale)
+@pytest.mark.parametrize(
+    "rescale, action_range, vectorization",
+    [(True, 1.0, "auto"), (False, 1.0, "auto"), (True, 10.0, "auto"), (True, 10.0, "sync")],
+)
+def test_navigation_actions_are_rescaled_to_the_bounds_and_clipped_by_the_env(rescale, action_range, vectorization):
+    sampler = Sampler("metarl/Navigation2D-v0", seed=0, rescale_actions=rescale, action_range=action_range,
+                      vectorization=vectorization)
     torch.manual_seed(0)
-    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=0.5)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=0.5 * action_range)
     tasks = gym.make("metarl/Navigation2D-v0").unwrapped.sample_tasks(2)
-    episodes = sampler.sample(policy, None, tasks, episodes_per_task=2)
+    try:
+        episodes = sampler.sample(policy, None, tasks, episodes_per_task=2)
+    finally:
+        sampler.close()
     moves = episodes.observations[:, :, 1:] - episodes.observations[:, :, :-1]
-    scale = 0.1 if rescale else 1.0  # policy units [-1, 1] -> env bounds [-0.1, 0.1]
+    # policy units [-r, r] -> env bounds [-0.1, 0.1]
+    scale = 0.1 / action_range if rescale else 1.0
     expected = (scale * episodes.actions[:, :, :-1]).clamp(-0.1, 0.1)
     valid = episodes.mask[:, :, 1:].bool()
     assert torch.allclose(moves[valid], expected[valid], atol=1e-6)
-    assert episodes.actions.abs().max() > 0.1  # the log keeps the policy's own actions
+    assert (expected.abs() == 0.1).any() and (expected.abs() < 0.1).any()  # both sides of the clip
+    assert episodes.actions.abs().max() > 0.1 * action_range  # the log keeps the policy's own actions
+
+
+def test_action_range_must_be_positive():
+    with pytest.raises(ValueError, match="sampler.action_range must be > 0, got 0"):
+        Sampler("metarl/Navigation2D-v0", action_range=0.0)
 
 
 @pytest.mark.parametrize(

@@ -63,14 +63,15 @@ def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train
     args = (config.env.id, config.env.kwargs, config.sampler.horizon, config.sampler.vectorization, device,
             seed_stream(seed, purpose), config.sampler.rescale_actions)
     if config.sampler.backend == "local":
-        return Sampler(*args, processes=config.sampler.processes)
+        return Sampler(*args, processes=config.sampler.processes, action_range=config.sampler.action_range)
     from metarl.ray_sampler import RaySampler  # Ray is optional
 
     ray = config.ray
     try:
         return RaySampler(*args, num_workers=ray.workers,
                           cpus_per_worker=ray.cpus_per_worker, address=ray.address, max_retries=ray.max_retries,
-                          timeout_s=ray.timeout_s, processes=config.sampler.processes)
+                          timeout_s=ray.timeout_s, processes=config.sampler.processes,
+                          action_range=config.sampler.action_range)
     except (ImportError, ValueError) as exc:
         raise cfg.ConfigError(str(exc)) from exc  # the message names the field
 
