@@ -152,6 +152,26 @@ def test_ray_shards_and_worker_processes_keep_their_classes_across_meta_batches(
         assert classes[0] == classes[1] == classes[2]
 
 
+def test_each_sub_env_builds_one_simulator_and_keeps_it_across_meta_batches(ml10):
+    # What the shares above hold for a worker's sub-envs, seen in one process: sub-env i gets class
+    # i mod 10 at every meta-iteration, so it builds that one simulator once.
+    sampler = Sampler("metarl/ML10-v0", horizon=2, seed=0, vectorization="sync")
+    policy = GaussianMLPPolicy(39, 4, hidden_sizes=(8,))
+    ml10.reset(seed=3)
+    held = []
+    try:
+        for _ in range(3):
+            tasks = ml10.sample_tasks(10)
+            sampler.sample(policy, None, tasks, 1)
+            (stepper,) = sampler._steppers.values()
+            assert [list(env.unwrapped._sims) for env in stepper.env.envs] == [[t.env_name] for t in tasks]
+            held.append([sim for env in stepper.env.envs for sim in env.unwrapped._sims.values()])
+        # the same simulator objects, not rebuilt ones (held here, so no id is reused)
+        assert all(a is b is c for a, b, c in zip(*held, strict=True))
+    finally:
+        sampler.close()
+
+
 def test_ray_workers_sample_the_local_samplers_episodes_and_success(ml10):
     # Each worker holds the classes of its contiguous share of the meta-batch (see above) and
     # samples what the local sampler does, success included.
