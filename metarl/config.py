@@ -196,6 +196,10 @@ class EvalConfig:
     """episodes or steps, as sampler.budget (the authors' test script used steps: 40 x 100)."""
     at_end: bool = True
     """Run the evaluation when training finishes."""
+    train_tasks: int = 0
+    """With at_end, then also evaluate this many training tasks (the rest of this section as it is)
+    into eval_train.json, as `metarl evaluate RUN eval.tasks=train eval.num_tasks=N` does; 0: not.
+    Meta-World's tables give this meta-train success beside the meta-test one."""
 
 
 @dataclass
@@ -291,7 +295,7 @@ POSITIVE = {
     "ray.workers", "ray.cpus_per_worker", "ray.timeout_s",
 }
 NON_NEGATIVE = {"sampler.processes", "maml.cavia_context", "eval.num_steps", "eval.final_episodes_per_task",
-                "eval.tasks_per_chunk",
+                "eval.tasks_per_chunk", "eval.train_tasks",
                 "run.checkpoint_minutes", "trpo.cg_damping", "trpo.tasks_per_group",
                 "tracking.videos", "ppo.inner_kl_coef", "ppo.inner_kl_target", "ray.max_retries"}
 UNIT_INTERVAL = {"maml.gamma", "maml.gae_lambda", "trpo.cg_subsample"}

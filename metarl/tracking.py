@@ -101,21 +101,22 @@ class Tracker:
             return
         import wandb
 
+        prefix = "eval_train" if result.get("eval_tasks") == "train" else "eval"  # meta-train tasks apart
         rows = [[step, mean, err]
                 for step, mean, err in zip(result["steps"], result["mean_return"], result["stderr"], strict=True)]
         table = wandb.Table(data=rows, columns=["adaptation steps", "mean return", "stderr"])
         logged: dict[str, Any] = {
-            "eval/adaptation": wandb.plot.line(table, "adaptation steps", "mean return",
-                                               title="return after adaptation steps"),
-            "eval/table": table,
+            f"{prefix}/adaptation": wandb.plot.line(table, "adaptation steps", "mean return",
+                                                    title="return after adaptation steps"),
+            f"{prefix}/table": table,
         }
         if plot_path is not None and plot_path.is_file():
-            logged["eval/plot"] = wandb.Image(str(plot_path))
+            logged[f"{prefix}/plot"] = wandb.Image(str(plot_path))
         self.run.log(logged)
         for step, mean in zip(result["steps"], result["mean_return"], strict=True):
-            self.run.summary[f"eval/return_after_{step}_steps"] = mean
+            self.run.summary[f"{prefix}/return_after_{step}_steps"] = mean
         for step, rate in zip(result["steps"], result.get("success_rate", []), strict=False):
-            self.run.summary[f"eval/success_after_{step}_steps"] = rate
+            self.run.summary[f"{prefix}/success_after_{step}_steps"] = rate
 
     def log_videos(self, config: cfg.Config, run_dir: Path, say: Any = print) -> None:
         """Render ``tracking.videos`` test tasks before and after adaptation and log the mp4s; an env

@@ -49,6 +49,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("maml.baseline_ridge=0", "maml.baseline_ridge: must be > 0"),
         ("maml.inner_steps=0", "maml.inner_steps: must be > 0"),
         ("sampler.action_range=-10", "sampler.action_range: must be > 0"),
+        ("eval.train_tasks=-1", "eval.train_tasks: must be >= 0"),
         ("run.iterations", "expected dotted.key=value"),
     ],
 )

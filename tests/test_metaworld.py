@@ -24,7 +24,8 @@ from metarl.policy import GaussianMLPPolicy
 from metarl.run.rundir import read_metrics
 from metarl.sampler import Sampler, contiguous_shards
 
-TINY = [*TINY_CONFIG, "eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1", "run.device=cpu"]
+TINY = [*TINY_CONFIG, "eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1", "eval.train_tasks=0",
+        "run.device=cpu"]
 ML1_CONFIGS = ["experiments/ml1_reach.yaml", "experiments/ml1_push.yaml", "experiments/ml1_pick_place.yaml"]
 
 
@@ -322,13 +323,20 @@ def test_a_chunk_of_at_least_every_task_is_not_checked_on_its_own(ml10):
 
 @pytest.mark.parametrize("path", ML1_CONFIGS)
 def test_every_ml1_config_trains_with_a_tiny_budget(path, tmp_path):
-    tiny_config_run(path, tmp_path, ["eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1"])
+    run = tiny_config_run(path, tmp_path, ["eval.final_episodes_per_task=1", "eval.tasks_per_chunk=1",
+                                           "eval.train_tasks=2"])
+    held_out, train = (json.loads((run.path / name).read_text()) for name in ("eval.json", "eval_train.json"))
+    assert {t["split"] for t in held_out["tasks"]} == {"test"} and {t["split"] for t in train["tasks"]} == {"train"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path, batch", [("experiments/ml10.yaml", 10), ("experiments/ml45.yaml", 45)])
-def test_ml10_and_ml45_train_and_evaluate_end_to_end(tmp_path, path, batch):
+@pytest.mark.parametrize("path, batch, train",
+                         [("experiments/ml10.yaml", 10, True), ("experiments/ml45.yaml", 45, False)])
+def test_ml10_and_ml45_train_and_evaluate_end_to_end(tmp_path, path, batch, train):
+    evaluation = ["eval.tasks_per_chunk=10", f"eval.train_tasks={batch}"] if train else ["eval.tasks_per_chunk=5"]
     run = tiny_config_run(path, tmp_path, [f"maml.meta_batch_size={batch}", "sampler.episodes_per_task=1",
-                                           "eval.num_tasks=5", "eval.tasks_per_chunk=5"])
+                                           "eval.num_tasks=5", *evaluation])
     result = json.loads((run.path / "eval.json").read_text())
     assert len(result["per_class_success"]) == 5
+    if train:  # meta-train success on every training class, apart
+        assert len(json.loads((run.path / "eval_train.json").read_text())["per_class_success"]) == batch

@@ -149,7 +149,8 @@ def test_seeded_evaluation_draws_the_held_out_split_and_train_the_training_one()
 
 
 @pytest.mark.parametrize("override, field", [("maml.meta_batch_size=3", "maml.meta_batch_size"),
-                                             ("eval.num_tasks=5", "eval.num_tasks")])
+                                             ("eval.num_tasks=5", "eval.num_tasks"),
+                                             ("eval.train_tasks=3", "eval.train_tasks")])
 def test_batch_sizes_the_env_refuses_exit_2_before_anything_is_written(tmp_path, tiny_run_args, capsys, override,
                                                                        field):
     args = ["train", "experiments/navigation2d_quick.yaml", *tiny_run_args, "env.id=tests/SplitCounter-v0",

@@ -53,7 +53,7 @@ def test_offline_wandb_run_holds_config_history_eval_plot_and_checkpoints(tmp_pa
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     args = [*tiny_run_args, "run.name=tracked", "tracking.wandb=true", "tracking.mode=offline",
-            "tracking.tags=[smoke]", "tracking.group=tests"]
+            "tracking.tags=[smoke]", "tracking.group=tests", "eval.train_tasks=2"]
     assert main(["train", NAV, *args, "--quiet"]) == 0
     run_dir = tmp_path / "tracked"
     assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "eval.json").is_file()  # local files regardless
@@ -73,6 +73,7 @@ def test_offline_wandb_run_holds_config_history_eval_plot_and_checkpoints(tmp_pa
     assert {"meta/iteration", "meta/post_return", "meta/kl", "time/update", "time/sampling"} <= history_keys
     assert any(key.startswith("eval/adaptation") for key in history_keys)
     assert any(key.startswith("eval/plot") for key in history_keys)
+    assert any(key.startswith("eval_train/plot") for key in history_keys)  # meta-train tasks apart
     artifacts = [r.artifact for r in records
                  if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
     assert [a.name for a in artifacts] == ["tracked-checkpoints"]

@@ -77,6 +77,18 @@ def test_evaluate_command_reruns_the_protocol(tmp_path, tiny_run_args, capsys):
     assert f"wrote {run_dir / 'eval_train.json'} and {run_dir / 'eval_train.png'}" in capsys.readouterr().out
 
 
+def test_a_run_evaluates_training_tasks_too_as_metarl_evaluate_would(tmp_path, tiny_run_args, capsys):
+    assert main(["train", NAV, *tiny_run_args, "run.name=both", "eval.num_tasks=2", "eval.train_tasks=4",
+                 "--quiet"]) == 0
+    run_dir = tmp_path / "both"
+    held_out, train = (json.loads((run_dir / name).read_text()) for name in ("eval.json", "eval_train.json"))
+    assert held_out["eval_tasks"] == "paper" and held_out["num_tasks"] == 2
+    assert train["eval_tasks"] == "train" and train["num_tasks"] == 4 and (run_dir / "eval_train.png").is_file()
+    assert main(["evaluate", str(run_dir), "eval.tasks=train", "eval.num_tasks=4"]) == 0
+    again = json.loads((run_dir / "eval_train.json").read_text())
+    assert {**again, "time_s": 0} == {**train, "time_s": 0}
+
+
 def test_evaluate_out_leaves_the_runs_own_evaluation_alone(tmp_path, tiny_run_args, capsys):
     assert main(["train", NAV, *tiny_run_args, "run.name=out", "--quiet"]) == 0
     run_dir = tmp_path / "out"

@@ -91,7 +91,10 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
     task_env = check_task_env(config.env.id, config.env.kwargs)
     try:
         # before training, not when it ends
-        check_eval_tasks(task_env, config.eval.tasks, config.eval.num_tasks, config.eval.tasks_per_chunk)
+        ev = config.eval
+        check_eval_tasks(task_env, ev.tasks, ev.num_tasks, ev.tasks_per_chunk)
+        if ev.train_tasks:
+            check_eval_tasks(task_env, "train", ev.train_tasks, ev.tasks_per_chunk, "eval.train_tasks")
         if implements(task_env, "task_count_error"):
             error = task_env.unwrapped.task_count_error(config.maml.meta_batch_size, "train")
             if error:

@@ -20,7 +20,7 @@ from typing import IO, Any
 from metarl.evaluate import format_table
 from metarl.plots import plot_training
 from metarl.progress import progress_bar
-from metarl.run.evaluation import evaluation_file, run_evaluation
+from metarl.run.evaluation import evaluation_file, run_evaluation, train_evaluation
 from metarl.run.loop import Hook, RunState
 from metarl.run.rundir import BEST_CHECKPOINT, CHECKPOINT
 from metarl.run.state import checkpoint_state
@@ -142,9 +142,13 @@ class Evaluation(Hook):
         # Training is over: the training sampler's sub-envs (worker processes, simulators) go first,
         # so that they and the evaluation's never take memory together (ML45: 450 simulators).
         state.parts.sampler.close()
-        result = run_evaluation(state.config, state.parts, state.run)
-        self.tracker.log_evaluation(result, evaluation_file(state.run.path, result["eval_tasks"]).with_suffix(".png"))
-        state.say(format_table(result))
+        ev = state.config.eval
+        configs = [state.config, *([train_evaluation(state.config)] if ev.train_tasks and ev.tasks != "train" else [])]
+        for config in configs:  # the held-out tasks, then (eval.train_tasks) training ones
+            result = run_evaluation(config, state.parts, state.run)
+            plot = evaluation_file(state.run.path, result["eval_tasks"]).with_suffix(".png")
+            self.tracker.log_evaluation(result, plot)
+            state.say(format_table(result))
         self.tracker.log_videos(state.config, state.run.path, state.say)
 
 
