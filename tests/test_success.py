@@ -173,6 +173,9 @@ def test_training_logs_success_rates_and_eval_json_holds_them(tmp_path, tiny_run
     result = json.loads((tmp_path / "success" / "eval.json").read_text())
     assert result["success_rate"] == [1.0, 1.0]  # held-out tasks are 4-5 steps long: every episode reaches step 2
     assert (tmp_path / "success" / "eval.png").is_file()
+    # metarl evaluate runs one evaluation (eval.tasks): eval.train_tasks, which only the end of a
+    # run uses, is not checked against the env (here an odd count, which this env refuses)
+    assert main(["evaluate", str(tmp_path / "success"), "eval.num_steps=0", "eval.train_tasks=3"]) == 0
 
 
 class FailingCounterEnv(CounterEnv):

@@ -70,6 +70,7 @@ def evaluate_run(
     run = RunDir.open(run_dir)
     config = run.load_config(overrides, EVALUATE_OVERRIDES,
                              "evaluate only accepts eval.* and run.device overrides (the policy is fixed by the run)")
+    config.eval.train_tasks = 0  # one evaluation, of eval.tasks: its chunks need not suit the training tasks
     parts = build(config)
     try:
         path = Path(checkpoint) if checkpoint else run.checkpoint()
