@@ -1,11 +1,13 @@
 """Every experiment script and config runs end to end with a tiny budget."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_config_run
 from metarl import config as cfg
@@ -53,3 +55,10 @@ def test_step_size_probe_writes_beside_the_run_and_reproduces_its_evaluation(tmp
     assert rerun.stdout == proc.stdout and "evaluating" not in rerun.stderr  # read, not rerun
     bad = subprocess.run([*probe, str(run_dir), "0.01", "--set", "maml.inner_lr=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--set only takes eval.* fields" in bad.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="would run the GPU checks (the whole suite) here")
+def test_gpu_check_script_refuses_a_machine_without_cuda(tmp_path):
+    proc = subprocess.run(["bash", str(EXPERIMENTS / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
