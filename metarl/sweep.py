@@ -12,7 +12,8 @@ the points; ``DIR/summary.json`` how each point ended; ``DIR/logs/NAME.log`` eac
 Running the same command again skips the finished points, resumes the interrupted ones from their
 last checkpoint (``metarl train --resume``) and restarts the ones that died before their first
 checkpoint (their directory is moved to ``DIR/abandoned/``). The axes may gain values (more seeds),
-and the fixed overrides that a resume accepts may change (``run.iterations=N`` extends every run);
+and the fixed overrides and config file settings that a resume accepts may change
+(``run.iterations=N`` extends every run; an edited ``eval`` section reaches the resumed runs too);
 any other change to the config or the fixed overrides is refused: that is another sweep (``--out``).
 
 A point that fails is reported with its error and does not stop the others; the exit code is 1 if
@@ -56,6 +57,7 @@ from metarl.checkpoint import atomic_write_bytes
 from metarl.envs.batched import cpu_cores
 from metarl.run.rundir import (
     CHECKPOINT,
+    LOCATION_FIELDS,
     PREVIOUS_CHECKPOINT,
     RESUME_OVERRIDES,
     RunDir,
@@ -215,9 +217,10 @@ class Sweep:
     @classmethod
     def _merge(cls, recorded: dict[str, Any], new: Sweep) -> Sweep:
         # The config file's settings (not its text: comments may change), then the fixed overrides.
+        # A field the record lacks came after it: the runs recorded then had its default.
         now = cfg.to_flat_dict(cfg.load(new.config_path))
-        changed = sorted(f"{key} in {new.config_path}"
-                         for key in changed_fields(recorded["base_config"], now, RESUME_OVERRIDES))
+        then = {**cfg.to_flat_dict(cfg.load(None)), **recorded["base_config"]}
+        changed = sorted(f"{key} in {new.config_path}" for key in changed_fields(then, now, RESUME_OVERRIDES))
         old_fixed, new_fixed = dict(_pairs(recorded["fixed"])), dict(_pairs(new.fixed))
         changed += sorted(key for key in old_fixed.keys() | new_fixed.keys()
                           if old_fixed.get(key) != new_fixed.get(key) and not allowed(key, RESUME_OVERRIDES))
@@ -265,6 +268,20 @@ def foreign_run(run_dir: Path, config: cfg.Config) -> str:
     here = cfg.to_flat_dict(config)
     return "; ".join(f"{key}: {there[key]!r} there, {here[key]!r} in the sweep"
                      for key in changed_fields(there, here, RESUME_OVERRIDES))
+
+
+def resume_overrides(sweep: Sweep, point: Point, run_dir: Path) -> list[str]:
+    """What ``metarl train --resume`` gets for ``point``: its overrides that a resume accepts, and
+    the settings of the config file that a resume accepts where they now differ from the run's
+    own ``config.yaml`` (e.g. an edited ``eval`` section), which the run would not see otherwise."""
+    keep = [o for o in sweep.overrides(point) if allowed(o.partition("=")[0], RESUME_OVERRIDES)]
+    given = {o.partition("=")[0] for o in keep}
+    stored = cfg.to_flat_dict(cfg.load(run_dir / "config.yaml"))
+    now = cfg.to_flat_dict(sweep.config(point))
+    edited = [f"{key}={json.dumps(value)}" for key, value in now.items()
+              if allowed(key, RESUME_OVERRIDES) and key not in given and key not in LOCATION_FIELDS
+              and stored[key] != value]
+    return [*keep, *edited]
 
 
 def point_state(run_dir: Path, iterations: int) -> tuple[str, int, Path | None]:
@@ -515,10 +532,8 @@ def run_sweep(sweep: Sweep, launcher: Launcher, quiet: bool = False, poll_s: flo
                 run = queue.pop(0)
                 run_dir = sweep.run_dir(run.point)
                 if run.state == "resumable":
-                    keep = [o for o in sweep.overrides(run.point)
-                            if allowed(o.partition("=")[0], RESUME_OVERRIDES)]
-                    command = [*python, "--resume", str(run_dir), "--checkpoint", str(run.checkpoint), *keep,
-                               "--quiet"]
+                    command = [*python, "--resume", str(run_dir), "--checkpoint", str(run.checkpoint),
+                               *resume_overrides(sweep, run.point, run_dir), "--quiet"]
                 else:
                     command = [*python, str(sweep.config_path), *sweep.overrides(run.point), "--quiet"]
                 log = sweep.path / "logs" / f"{run.point.name}.log"

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from metarl import config as cfg
 from metarl.cli import main
 from metarl.config import ConfigError
 from metarl.run.rundir import read_metrics
-from metarl.sweep import Sweep, expand, parse_grid, split_values
+from metarl.sweep import Sweep, expand, parse_grid, resume_overrides, split_values
 
 QUICK = str(Path(__file__).resolve().parents[1] / "experiments" / "navigation2d_quick.yaml")
 
@@ -167,6 +169,45 @@ def test_an_edited_config_file_is_another_sweep_but_a_new_comment_is_not(tmp_pat
     config.write_text(config.read_text().replace("inner_lr: 0.1", "inner_lr: 0.2"))
     with pytest.raises(ConfigError, match="maml.inner_lr in"):
         Sweep.open(out, config, ["run.iterations=7"], {"run.seed": ["0"]})
+
+
+def test_a_field_the_record_lacks_is_compared_with_its_default(tmp_path):
+    # A sweep recorded before sampler.action_range existed ran with its default (1): the config file
+    # may leave it out, but setting it to 10 is another sweep.
+    config = tmp_path / "quick.yaml"
+    config.write_text(Path(QUICK).read_text())
+    out = tmp_path / "sweep"
+    Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0"]}).save([])
+    record = json.loads((out / "sweep.json").read_text())
+    del record["base_config"]["sampler.action_range"]
+    (out / "sweep.json").write_text(json.dumps(record))
+    Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0"]})
+    config.write_text(config.read_text().replace("sampler:\n", "sampler:\n  action_range: 10\n"))
+    with pytest.raises(ConfigError, match="sampler.action_range in"):
+        Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0"]})
+
+
+def test_a_resumed_point_gets_the_config_files_edited_resumable_settings(tmp_path):
+    config = tmp_path / "quick.yaml"
+    config.write_text(Path(QUICK).read_text())
+    out = tmp_path / "sweep"
+    sweep = Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0"]})
+    sweep.save([])
+    (point,) = sweep.points
+    run_dir = sweep.run_dir(point)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(sweep.config(point))))
+    unchanged = resume_overrides(sweep, point, run_dir)
+    assert unchanged == ["run.iterations=5", "tracking.group=sweep"]  # run.seed and the run's place stay
+    data = yaml.safe_load(config.read_text())
+    data["eval"].update(train_tasks=4, step_sizes=[0.2, 0.1], tasks="paper")
+    config.write_text(yaml.safe_dump(data))
+    edited = Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0"]})
+    overrides = resume_overrides(edited, point, run_dir)
+    assert overrides[:2] == unchanged
+    assert sorted(overrides[2:]) == ['eval.step_sizes=[0.2, 0.1]', 'eval.tasks="paper"', "eval.train_tasks=4"]
+    resumed = cfg.load(run_dir / "config.yaml", overrides[2:]).eval  # as metarl train --resume reads them
+    assert (resumed.train_tasks, resumed.step_sizes, resumed.tasks) == (4, [0.2, 0.1], "paper")
 
 
 def test_a_run_left_going_by_a_killed_sweep_is_never_started_twice(tmp_path, tiny_run_args):
