@@ -338,9 +338,9 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def async_batch(config: cfg.Config, async_envs: int) -> tuple[int, int]:
-    """``(tasks, episodes per task)`` for the AsyncVectorEnv rate, about ``async_envs`` sub-envs: a
-    quarter of them tasks, rounded up to a meta-batch size the env accepts (``task_count_error``:
-    Meta-World ML10 asks for a multiple of its 10 classes, which then makes 10 sub-envs)."""
+    """``(tasks, episodes per task)`` for the AsyncVectorEnv rate: about ``async_envs`` sub-envs, a
+    quarter of them tasks, unless the env's smallest meta-batch is larger (``task_count_error``:
+    Meta-World ML10 asks for a multiple of its 10 classes, so 10 sub-envs; ML45 for 45)."""
     tasks = max(1, async_envs // 4)
     env = check_task_env(config.env.id, config.env.kwargs)
     try:
@@ -428,7 +428,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizon", type=int, help="steps per episode (default: the reference config)")
     p.add_argument("--repeats", type=int, default=3, help="measurements per figure; the best is kept (default 3)")
     p.add_argument("--async-envs", type=int, default=8,
-                   help="sub-envs (= processes) for the AsyncVectorEnv rate; 0 skips it (default 8)")
+                   help="sub-envs (= processes) for the AsyncVectorEnv rate, or the env's smallest meta-batch "
+                   "if larger (ML45: 45); 0 skips it (default 8)")
     p.add_argument("--threads", type=int, default=cpu_cores(), help="torch threads (default: all cores)")
     p.add_argument("--no-update", action="store_true", help="skip the meta-update and iteration timings")
     p.add_argument("--no-sync", action="store_true", help="skip gymnasium's SyncVectorEnv rate (slow on large batches)")

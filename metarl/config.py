@@ -199,7 +199,8 @@ class EvalConfig:
     train_tasks: int = 0
     """With at_end, then also evaluate this many training tasks (the rest of this section as it is)
     into eval_train.json, as `metarl evaluate RUN eval.tasks=train eval.num_tasks=N` does; 0: not.
-    Meta-World's tables give this meta-train success beside the meta-test one."""
+    Meta-World's tables give this meta-train success beside the meta-test one. Unused where
+    eval.tasks is train already, and by `metarl evaluate`, which runs the one evaluation asked."""
 
 
 @dataclass

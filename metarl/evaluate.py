@@ -27,6 +27,7 @@ def check_eval_tasks(env: gym.Env, source: str, num_tasks: int | None = None, ta
     """Raise a :class:`ConfigError` naming ``eval.tasks`` when ``env`` cannot supply ``source``, or
     ``count_field`` (the field that gave ``num_tasks``) / ``eval.tasks_per_chunk`` when that many
     tasks do not suit it (``TaskEnv.task_count_error``: for ``paper`` tasks with split ``"paper"``)."""
+    chunk_field = "eval.tasks_per_chunk" + ("" if count_field == "eval.num_tasks" else f" (chunks of {count_field})")
     if source not in cfg.EVAL_TASK_SOURCES:
         raise cfg.ConfigError(f"eval.tasks: must be one of {', '.join(cfg.EVAL_TASK_SOURCES)}, got {source!r}")
     if source == "paper" and not implements(env, "paper_test_tasks"):
@@ -38,7 +39,7 @@ def check_eval_tasks(env: gym.Env, source: str, num_tasks: int | None = None, ta
         split = {"train": "train", "paper": "paper"}.get(source, "test")
         # A chunk of at least eval.num_tasks is one chunk of every task: only eval.num_tasks matters.
         chunk = tasks_per_chunk if tasks_per_chunk < num_tasks else 0
-        for field, count in ((count_field, num_tasks), ("eval.tasks_per_chunk", chunk)):
+        for field, count in ((count_field, num_tasks), (chunk_field, chunk)):
             error = env.unwrapped.task_count_error(count, split) if count else None
             if error:
                 raise cfg.ConfigError(f"{field}: {error}")

@@ -57,9 +57,8 @@ def test_the_profile_script_attributes_a_steps_time():
     assert proc.returncode == 0, proc.stderr
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| pick-place-v3 |")]
     assert [row[1] for row in rows] == ["Meta-World's", "metarl's kernels"]
-    for row in rows:  # every part took some of the time, and the shares and the rest make 100%
-        shares = [float(cell.strip(" |%")) for cell in row[3:]]
-        assert all(share > 0 for share in shares[:3]) and sum(shares) == pytest.approx(100, abs=2)
+    for row in rows:  # every part, and the rest, took some of the time
+        assert all(float(cell.strip(" |%")) > 0 for cell in row[3:])
 
 
 @pytest.mark.parametrize("name", sorted(ALL_V3_ENVIRONMENTS))
@@ -319,6 +318,11 @@ def test_a_chunk_of_at_least_every_task_is_not_checked_on_its_own(ml10):
         check_eval_tasks(ml10, "paper", 10, 4)
     with pytest.raises(ConfigError, match="eval.num_tasks: Meta-World's ML10 meta-test has 200 tasks"):
         check_eval_tasks(ml10, "paper", 250, 300)
+    # The end-of-run meta-train evaluation shares eval.tasks_per_chunk: its error says so.
+    check_eval_tasks(ml10, "paper", 200, 5)
+    with pytest.raises(ConfigError, match=r"eval.tasks_per_chunk \(chunks of eval.train_tasks\): ML10's batches hold "
+                                          "each of its 10 train classes"):
+        check_eval_tasks(ml10, "train", 40, 5, "eval.train_tasks")
 
 
 @pytest.mark.parametrize("path", ML1_CONFIGS)

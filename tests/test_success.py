@@ -15,7 +15,7 @@ from metarl.cli import main
 from metarl.episodes import ValidSteps, concat_episodes
 from metarl.evaluate import evaluate
 from metarl.policy import GaussianMLPPolicy
-from metarl.run.factory import eval_tasks
+from metarl.run.factory import build, eval_tasks
 from metarl.run.rundir import read_metrics
 from metarl.sampler import Sampler
 
@@ -159,6 +159,14 @@ def test_batch_sizes_the_env_refuses_exit_2_before_anything_is_written(tmp_path,
     err = capsys.readouterr().err
     assert f"{field}: " in err and "must be even" in err
     assert not (tmp_path / "refused").exists()
+
+
+def test_train_tasks_are_checked_where_they_will_be_evaluated():
+    base = ["env.id=tests/SplitCounter-v0", "maml.meta_batch_size=2", "eval.num_tasks=2", "eval.train_tasks=3",
+            "run.device=cpu"]
+    with pytest.raises(cfg.ConfigError, match="eval.train_tasks: train batches must be even, got 3"):
+        build(cfg.load(None, base))
+    build(cfg.load(None, [*base, "eval.tasks=train"])).close()  # its one evaluation is of training tasks already
 
 
 def test_training_logs_success_rates_and_eval_json_holds_them(tmp_path, tiny_run_args):

@@ -93,7 +93,7 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
         # before training, not when it ends
         ev = config.eval
         check_eval_tasks(task_env, ev.tasks, ev.num_tasks, ev.tasks_per_chunk)
-        if ev.train_tasks:
+        if ev.train_tasks and ev.tasks != "train":  # (with eval.tasks=train the one evaluation is of them)
             check_eval_tasks(task_env, "train", ev.train_tasks, ev.tasks_per_chunk, "eval.train_tasks")
         if implements(task_env, "task_count_error"):
             error = task_env.unwrapped.task_count_error(config.maml.meta_batch_size, "train")

@@ -143,7 +143,8 @@ class Evaluation(Hook):
         # so that they and the evaluation's never take memory together (ML45: 450 simulators).
         state.parts.sampler.close()
         ev = state.config.eval
-        configs = [state.config, *([train_evaluation(state.config)] if ev.train_tasks and ev.tasks != "train" else [])]
+        train = ev.train_tasks and ev.tasks != "train"  # (with eval.tasks=train the one evaluation is of them)
+        configs = [state.config, *([train_evaluation(state.config)] if train else [])]
         for config in configs:  # the held-out tasks, then (eval.train_tasks) training ones
             result = run_evaluation(config, state.parts, state.run)
             plot = evaluation_file(state.run.path, result["eval_tasks"]).with_suffix(".png")
