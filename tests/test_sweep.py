@@ -157,10 +157,15 @@ def test_ctrl_c_stops_every_run_at_a_checkpoint_and_a_rerun_continues(tmp_path, 
         assert [m["iteration"] for m in metrics] == list(range(target))
 
 
-def test_an_edited_config_file_is_another_sweep_but_a_new_comment_is_not(tmp_path):
+def quick_copy(tmp_path):
+    """A copy of the quick config for a test to edit."""
     config = tmp_path / "quick.yaml"
     config.write_text(Path(QUICK).read_text())
-    out = tmp_path / "sweep"
+    return config
+
+
+def test_an_edited_config_file_is_another_sweep_but_a_new_comment_is_not(tmp_path):
+    config, out = quick_copy(tmp_path), tmp_path / "sweep"
     Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0", "1"]}).save([])
     config.write_text(config.read_text() + "\n# a note\n")
     more = Sweep.open(out, config, ["run.iterations=7", "run.seed=2"], {})  # one more seed, longer runs
@@ -174,9 +179,7 @@ def test_an_edited_config_file_is_another_sweep_but_a_new_comment_is_not(tmp_pat
 def test_a_field_the_record_lacks_is_compared_with_its_default(tmp_path):
     # A sweep recorded before sampler.action_range existed ran with its default (1): the config file
     # may leave it out, but setting it to 10 is another sweep.
-    config = tmp_path / "quick.yaml"
-    config.write_text(Path(QUICK).read_text())
-    out = tmp_path / "sweep"
+    config, out = quick_copy(tmp_path), tmp_path / "sweep"
     Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0"]}).save([])
     record = json.loads((out / "sweep.json").read_text())
     del record["base_config"]["sampler.action_range"]
@@ -188,9 +191,7 @@ def test_a_field_the_record_lacks_is_compared_with_its_default(tmp_path):
 
 
 def test_a_resumed_point_gets_the_config_files_edited_resumable_settings(tmp_path):
-    config = tmp_path / "quick.yaml"
-    config.write_text(Path(QUICK).read_text())
-    out = tmp_path / "sweep"
+    config, out = quick_copy(tmp_path), tmp_path / "sweep"
     sweep = Sweep.open(out, config, ["run.iterations=5"], {"run.seed": ["0"]})
     sweep.save([])
     (point,) = sweep.points

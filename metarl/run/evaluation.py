@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -25,13 +24,6 @@ def evaluation_file(run_dir: str | Path, tasks: str | None) -> Path:
     """Where a run keeps its evaluation on ``eval.tasks``: ``eval_train.json`` for the meta-train
     tasks (``train``), ``eval.json`` for held-out ones; its plot is the same name with ``.png``."""
     return Path(run_dir) / ("eval_train.json" if tasks == "train" else "eval.json")
-
-
-def train_evaluation(config: cfg.Config) -> cfg.Config:
-    """``config`` with its evaluation on ``eval.train_tasks`` training tasks (``eval.tasks=train``)."""
-    config = copy.deepcopy(config)
-    config.eval.tasks, config.eval.num_tasks = "train", config.eval.train_tasks
-    return config
 
 
 def run_evaluation(config: cfg.Config, parts: Components, run: RunDir, out: Path | None = None) -> dict[str, Any]:

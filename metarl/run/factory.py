@@ -12,6 +12,7 @@ device, the Ray cluster, the evaluation's task source).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,17 @@ def inner_step_size(step_sizes: MetaSGDStepSizes | None, config: cfg.Config) -> 
     return cavia_step_size(config.maml.inner_lr) if config.maml.cavia_context else config.maml.inner_lr
 
 
+def train_evaluation(config: cfg.Config) -> cfg.Config | None:
+    """``config`` with its evaluation on ``eval.train_tasks`` training tasks (``eval.tasks=train``),
+    the end of a run's second evaluation; None where it has none (``eval.train_tasks: 0``, or
+    ``eval.tasks: train``, whose one evaluation is of training tasks already)."""
+    if not config.eval.train_tasks or config.eval.tasks == "train":
+        return None
+    config = copy.deepcopy(config)
+    config.eval.tasks, config.eval.num_tasks = "train", config.eval.train_tasks
+    return config
+
+
 def make_sampler(config: cfg.Config, device: torch.device, purpose: str = "train_sampler") -> BaseSampler:
     """The sampler of ``config.sampler`` (local, or on Ray workers: same episodes either way), on the
     random stream of ``purpose``: "train_sampler" (``run.seed``) or "eval_sampler" (``eval.seed``)."""
@@ -91,10 +103,10 @@ def build(config: cfg.Config, device: torch.device | None = None) -> Components:
     task_env = check_task_env(config.env.id, config.env.kwargs)
     try:
         # before training, not when it ends
-        ev = config.eval
-        check_eval_tasks(task_env, ev.tasks, ev.num_tasks, ev.tasks_per_chunk)
-        if ev.train_tasks and ev.tasks != "train":  # (with eval.tasks=train the one evaluation is of them)
-            check_eval_tasks(task_env, "train", ev.train_tasks, ev.tasks_per_chunk, "eval.train_tasks")
+        check_eval_tasks(task_env, config.eval.tasks, config.eval.num_tasks, config.eval.tasks_per_chunk)
+        train = train_evaluation(config)
+        if train is not None:
+            check_eval_tasks(task_env, "train", train.eval.num_tasks, train.eval.tasks_per_chunk, "eval.train_tasks")
         if implements(task_env, "task_count_error"):
             error = task_env.unwrapped.task_count_error(config.maml.meta_batch_size, "train")
             if error:

@@ -20,7 +20,8 @@ from typing import IO, Any
 from metarl.evaluate import format_table
 from metarl.plots import plot_training
 from metarl.progress import progress_bar
-from metarl.run.evaluation import evaluation_file, run_evaluation, train_evaluation
+from metarl.run.evaluation import evaluation_file, run_evaluation
+from metarl.run.factory import train_evaluation
 from metarl.run.loop import Hook, RunState
 from metarl.run.rundir import BEST_CHECKPOINT, CHECKPOINT
 from metarl.run.state import checkpoint_state
@@ -142,10 +143,8 @@ class Evaluation(Hook):
         # Training is over: the training sampler's sub-envs (worker processes, simulators) go first,
         # so that they and the evaluation's never take memory together (ML45: 450 simulators).
         state.parts.sampler.close()
-        ev = state.config.eval
-        train = ev.train_tasks and ev.tasks != "train"  # (with eval.tasks=train the one evaluation is of them)
-        configs = [state.config, *([train_evaluation(state.config)] if train else [])]
-        for config in configs:  # the held-out tasks, then (eval.train_tasks) training ones
+        train = train_evaluation(state.config)  # eval.train_tasks, after the held-out tasks
+        for config in [state.config, *([train] if train else [])]:
             result = run_evaluation(config, state.parts, state.run)
             plot = evaluation_file(state.run.path, result["eval_tasks"]).with_suffix(".png")
             self.tracker.log_evaluation(result, plot)
