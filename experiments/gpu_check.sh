@@ -6,10 +6,11 @@
 #    pytest-xdist installed, on 8 workers; 2. a run trained on cuda whose checkpoint is evaluated on
 #    cpu, both evaluations kept; 3. the meta-update of experiments/halfcheetah_vel.yaml timed on cuda
 #    and on cpu (metarl bench). Logs and figures go to OUT_DIR (default gpu_check/). The exit code
-#    is 0 only if every step passed.
+#    is 0 only if every step passed. TEST_TIMEOUT (seconds, default 900) bounds step 1.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT_DIR=${1:-gpu_check}
+TEST_TIMEOUT=${TEST_TIMEOUT:-900}
 mkdir -p "$OUT_DIR"
 export MUJOCO_GL=${MUJOCO_GL:-egl} WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 failed=()
@@ -18,7 +19,7 @@ log() { echo "=== $(date +%T) $*"; }
 
 log "tests (run.device=auto: cuda)"
 WORKERS=$("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n 8")
-METARL_SIM_THREADS=2 OMP_NUM_THREADS=2 timeout 900 "$PYTHON" -m pytest -q $WORKERS -p no:cacheprovider --tb=line -rfE \
+METARL_SIM_THREADS=2 OMP_NUM_THREADS=2 timeout "$TEST_TIMEOUT" "$PYTHON" -m pytest -q $WORKERS -p no:cacheprovider --tb=line -rfE \
   > "$OUT_DIR/pytest.txt" 2>&1 || failed+=(tests)
 tail -40 "$OUT_DIR/pytest.txt"
 

@@ -44,6 +44,7 @@ import resource
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ def rollout_limit(config: cfg.Config, repeats: int) -> float | None:
     tasks = parts.task_env.unwrapped.sample_tasks(config.maml.meta_batch_size)
     episodes = sampler.sample(parts.policy, None, tasks, config.sampler.episodes_per_task)
     horizon = episodes.rewards.shape[-1]
-    actions = episodes.actions.reshape(num_envs, horizon, 1, sim.nu).double().numpy()
+    actions = episodes.actions.reshape(num_envs, horizon, 1, sim.nu).double().cpu().numpy()
     env_actions = sampler._action_center + sampler._action_scale * actions  # MuJoCo clamps to ctrlrange
     nstep = horizon * sim.frame_skip
     controls = np.ascontiguousarray(np.repeat(env_actions, sim.frame_skip, axis=2).reshape(num_envs, nstep, sim.nu))
@@ -356,11 +357,15 @@ def gym_horizon(config: cfg.Config) -> int | None:
     return gym.spec(resolve_env_id(config.env.id)).max_episode_steps
 
 
+class MeasuringProcessError(Exception):
+    """Where the error that a measuring process handed back was raised: its traceback, as text."""
+
+
 def _row_to_pipe(name: str, args: argparse.Namespace, pipe: Any) -> None:
     try:
         pipe.send(("row", bench_row(name, args)))
-    except BaseException as exc:  # handed to the parent, which raises it
-        pipe.send(("error", exc))
+    except BaseException as exc:  # handed to the parent, which raises it with this process's traceback
+        pipe.send(("error", (exc, traceback.format_exc())))
 
 
 def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -378,7 +383,8 @@ def bench_env(name: str, args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"metarl bench: the process measuring {name} died (exit code {process.exitcode})") from None
     process.join()
     if kind == "error":
-        raise value
+        error, where = value
+        raise error from MeasuringProcessError(f"in the process measuring {name}:\n{where}")
     return value
 
 

@@ -219,7 +219,7 @@ def tiny_config_run(path, tmp_path, overrides=()):
     # the meta-update moved the initialisation: the trained policy is not the one the run started from
     start = build(config)
     trained = run.load_checkpoint()["policy"]
-    assert any(not torch.equal(p, trained[name]) for name, p in start.policy.state_dict().items())
+    assert any(not torch.equal(p.cpu(), trained[name].cpu()) for name, p in start.policy.state_dict().items())
     start.close()
     return run
 

@@ -1,5 +1,6 @@
 """`metarl bench` on a tiny batch: every figure present, positive, and consistent with its ratios."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -71,3 +72,14 @@ def test_bench_sets_config_fields_and_starts_from_a_checkpoint(tmp_path, capsys)
     row = json.loads(capsys.readouterr().out)
     assert row["packed"] is False and row["checkpoint"].endswith("last.pt") and row["meta_update_s"] > 0
     assert main(["bench", "--config", authors, "--set", "maml.pack_episodes=maybe"]) == 2
+
+
+def test_an_error_in_the_measuring_process_says_where_it_was_raised():
+    from metarl.bench import MeasuringProcessError, bench_env
+
+    args = argparse.Namespace(tasks=None, episodes=None, horizon=None, set=None, threads=0)  # torch refuses 0
+    with pytest.raises(RuntimeError) as raised:
+        bench_env("Navigation2D", args)
+    cause = raised.value.__cause__
+    assert isinstance(cause, MeasuringProcessError)
+    assert "in the process measuring Navigation2D" in str(cause) and "in bench_row" in str(cause)

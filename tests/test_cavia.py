@@ -134,7 +134,7 @@ def test_a_cavia_run_trains_checkpoints_and_evaluates_on_the_context(tmp_path, m
     result = json.loads((run.path / "eval.json").read_text())
     assert result["step_sizes"] == [1.0, 1.0]
     start = build(run.load_config())  # the network moved from its initialisation
-    assert any(not torch.equal(p, saved[n]) for n, p in start.policy.state_dict().items() if n != CONTEXT)
+    assert any(not torch.equal(p.cpu(), saved[n].cpu()) for n, p in start.policy.state_dict().items() if n != CONTEXT)
     start.close()
 
 

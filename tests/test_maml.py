@@ -172,6 +172,11 @@ def test_default_groups_hold_about_8k_steps():
     assert maml.default_tasks_per_group(batch(40, 20, 100)) == 4
     assert maml.default_tasks_per_group(batch(3, 2, 5)) == 3  # never more than the batch
     assert maml.default_tasks_per_group(batch(4, 200, 100)) == 1
+    on_gpu = batch(40, 20, 100)  # a GPU has no cache to fit: one group up to GPU_GROUP_STEPS
+    on_gpu.valid.rewards = on_gpu.valid.rewards.to("meta")
+    assert maml.default_tasks_per_group(on_gpu) == 40
+    on_gpu.valid.rewards = torch.empty(300, 20, 1000, device="meta")
+    assert maml.default_tasks_per_group(on_gpu) == 13  # 2**18 / 20000 steps
 
 
 def _post_adaptation_kl(policy, theta_old, theta_new, batch):

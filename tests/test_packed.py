@@ -11,7 +11,16 @@ from conftest import synthetic_episodes, without_timings
 from metarl import config as cfg
 from metarl.cli import main
 from metarl.episodes import Episodes
-from metarl.maml import INNER_LOSSES, MetaBatch, MetaSGDStepSizes, adapt, ppo_meta_step, trpo_meta_step
+from metarl.maml import (
+    INNER_LOSSES,
+    MetaBatch,
+    MetaSGDStepSizes,
+    adapt,
+    dice_loss,
+    ppo_meta_step,
+    segment_cumsum,
+    trpo_meta_step,
+)
 from metarl.policy import GaussianMLPPolicy, expand_params
 from metarl.run.rundir import read_metrics
 
@@ -34,6 +43,46 @@ def test_pack_keeps_valid_steps_in_order_and_finds_episode_starts():
     assert packed.num_steps == batch.num_steps == 6
     with pytest.raises(ValueError, match="before pack"):
         packed.mean_return()
+
+
+def test_segment_cumsum_restarts_at_each_episode_by_hand():
+    # Row 0: episodes of 2 and 3 steps, one padding slot; row 1: one episode of 1 step; row 2: nothing valid.
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 9.0], [7.0, 9.0, 9.0, 9.0, 9.0, 9.0], [9.0] * 6])
+    starts = torch.tensor([[0, 0, 2, 2, 2, 5], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]])
+    mask = torch.tensor([[1.0, 1, 1, 1, 1, 0], [1.0, 0, 0, 0, 0, 0], [0.0] * 6])
+    out = segment_cumsum(values, starts, mask)
+    assert out.tolist() == [[1.0, 3.0, 3.0, 7.0, 12.0, 0.0], [7.0, 0, 0, 0, 0, 0], [0.0] * 6]
+    assert segment_cumsum(values, starts, torch.zeros_like(mask)).tolist() == [[0.0] * 6] * 3
+
+
+def test_segment_cumsum_has_the_derivatives_of_a_sum_per_episode():
+    # A packed batch's starts; first and second derivatives against finite differences.
+    packed = synthetic_episodes(2, 3, 5, obs_dim=1, act_dim=1, seed=3).pack()
+    starts, mask = packed.episode_starts, packed.mask
+    values = torch.randn(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * mask
+    weights = torch.randn(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # a smooth function of the sums, as DiCE's magic box is
+    fn = lambda x: (torch.exp(0.3 * segment_cumsum(x, starts, mask)) * weights).sum()  # noqa: E731
+    values.requires_grad_()
+    assert torch.autograd.gradcheck(fn, (values,))
+    assert torch.autograd.gradgradcheck(fn, (values,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the adds in no fixed order it rules out are CUDA's")
+def test_packed_dice_derivatives_are_the_same_every_time_on_cuda():
+    packed = synthetic_episodes(8, 10, 50, obs_dim=3, act_dim=2, seed=0, dtype=torch.float32).pack().to("cuda")
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, hidden_sizes=(32, 32), nonlinearity="tanh").cuda()
+
+    def derivatives():
+        params = expand_params(policy.parameters_dict(), packed.num_tasks)
+        grads = torch.autograd.grad(dice_loss(policy, params, packed).sum(), list(params.values()), create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), list(params.values()))
+        return [g.detach() for g in grads] + list(second)
+
+    first = derivatives()
+    for _ in range(5):
+        assert all(torch.equal(a, b) for a, b in zip(first, derivatives(), strict=True))
 
 
 def _batches(seed: int, tasks: int = 3, inner_steps: int = 1):

@@ -131,13 +131,19 @@ def test_a_directory_holding_another_run_is_not_taken_for_a_point(tmp_path, tiny
     assert main(["sweep", QUICK, "--out", str(tmp_path / "other"), "--jobs", "0"]) == 2
 
 
+def with_cwd_on_path():
+    """The environment of a ``python -m metarl.cli`` child: this checkout first on its path, before the
+    PYTHONPATH it was given (where metarl's dependencies may be)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+
+
 def test_ctrl_c_stops_every_run_at_a_checkpoint_and_a_rerun_continues(tmp_path, tiny_run_args):
     out = tmp_path / "sweep"
     args = [a for a in tiny_run_args if not a.startswith(("run.output_dir=", "run.iterations="))]
     command = [sys.executable, "-m", "metarl.cli", "sweep", QUICK, *args, "run.seed=0,1", "--jobs", "2",
                "--out", str(out), "--quiet"]
     sweep = subprocess.Popen([*command, "run.iterations=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                             text=True, env=with_cwd_on_path())
     deadline = time.monotonic() + 120
     while not all((out / f"seed-{s}" / "checkpoints" / "last.pt").is_file() for s in (0, 1)):
         assert time.monotonic() < deadline and sweep.poll() is None
@@ -216,7 +222,7 @@ def test_a_run_left_going_by_a_killed_sweep_is_never_started_twice(tmp_path, tin
     args = [a for a in tiny_run_args if not a.startswith(("run.output_dir=", "run.iterations="))]
     command = ["sweep", QUICK, *args, "run.iterations=100000", "run.seed=0", "--out", str(out), "--quiet"]
     sweep = subprocess.Popen([sys.executable, "-m", "metarl.cli", *command], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                             stderr=subprocess.DEVNULL, env=with_cwd_on_path())
     pid_file = out / "logs" / "run.pid"
     deadline = time.monotonic() + 120
     while not (out / "run" / "metrics.jsonl").is_file():
