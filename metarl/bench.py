@@ -17,7 +17,8 @@ any experiment config as shipped (``--config FILE``), it measures:
   metarl's bit-identical replacements of its hottest Python (``metarl.envs.metaworld_kernels``),
   which the sampler uses: the two gains, kernels and worker processes, apart.
 - ``meta_update_s``: one meta-update on a sampled batch as training runs it (the config's outer
-  update, inner loss and step sizes; TRPO with tasks stacked in cache-sized groups);
+  update, inner loss and step sizes; TRPO with tasks stacked in cache-sized groups, on a GPU in one
+  group of up to 262,144 steps);
   for TRPO also ``meta_update_one_group_s`` with all tasks stacked in one group, and
   ``meta_update_per_task_s`` task by task, as the reference implementations compute it. All three
   are the same update (see ``metarl.maml.trpo_meta_step``).
@@ -26,7 +27,9 @@ any experiment config as shipped (``--config FILE``), it measures:
   test tasks, adaptation steps and budget), once.
 - ``peak_rss_mb``: the peak resident memory of the process that measured the row (each row runs
   in a fresh process, so rows do not inherit each other's peaks); ``update_peak_mb``: how far the
-  resident memory rose above its level before the meta-update while it ran (sampled every 2 ms).
+  resident memory rose above its level before the meta-update while it ran (sampled every 2 ms);
+  ``update_gpu_mb`` (on cuda, else None): how far the GPU memory torch allocated rose above its level
+  before the first meta-update while it ran. On cuda every time includes waiting for the GPU.
 
 Rates count valid env steps (those of episodes still running); the sampler does not simulate
 finished episodes. Every figure is the best of ``--repeats`` runs, after one
@@ -248,27 +251,42 @@ def meta_update_times(config: cfg.Config, repeats: int, checkpoint: str | None =
             parts.step_sizes.load_state_dict(step_sizes)
         parts.outer.load_state_dict(outer)
 
+    gpu = parts.device.type == "cuda"
+
+    def finished(result: Any) -> Any:
+        if gpu:  # a GPU runs what it was handed after the call returns: time until it is done
+            torch.cuda.synchronize(parts.device)
+        return result
+
     def as_trained() -> Any:
         restore()
-        return parts.outer.step(parts.policy, batch, parts.inner_step_size(config))
+        return finished(parts.outer.step(parts.policy, batch, parts.inner_step_size(config)))
 
     def trpo(tasks_per_group: int) -> Callable[[], Any]:
         def run() -> Any:
             restore()
-            return trpo_meta_step(parts.policy, batch, parts.inner_step_size(config), first_order=maml.first_order,
-                                  max_kl=config.trpo.max_kl, cg_iters=config.trpo.cg_iters,
-                                  tasks_per_group=tasks_per_group, inner_loss=maml.inner_loss)
+            return finished(trpo_meta_step(
+                parts.policy, batch, parts.inner_step_size(config), first_order=maml.first_order,
+                max_kl=config.trpo.max_kl, cg_iters=config.trpo.cg_iters, tasks_per_group=tasks_per_group,
+                inner_loss=maml.inner_loss))
         return run
 
     memory: dict[str, float | None] = {}
+    if gpu:
+        finished(None)
+        gpu_before = torch.cuda.memory_allocated(parts.device)
+        torch.cuda.reset_peak_memory_stats(parts.device)
     with rss_growth(memory):  # the first update: later ones reuse what the allocator kept from it
         as_trained()
-    times: dict[str, float | None] = {"meta_update_s": best_of(repeats, as_trained)[0], "update_peak_mb": memory["mb"]}
+    times: dict[str, float | None] = {
+        "meta_update_s": best_of(repeats, as_trained)[0], "update_peak_mb": memory["mb"],
+        "update_gpu_mb": (torch.cuda.max_memory_allocated(parts.device) - gpu_before) / 2**20 if gpu else None,
+    }
     is_trpo = maml.outer == "trpo"
     times["meta_update_one_group_s"] = best_of(repeats, trpo(len(tasks)))[0] if is_trpo else None
     times["meta_update_per_task_s"] = best_of(repeats, trpo(1))[0] if is_trpo else None
     restore()
-    times["iteration_s"] = best_of(repeats, lambda: meta_iteration(config, parts))[0]
+    times["iteration_s"] = best_of(repeats, lambda: finished(meta_iteration(config, parts)))[0]
     parts.close()
     return times
 
@@ -332,7 +350,7 @@ def bench_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
         row.update(meta_update_times(config, args.repeats, args.checkpoint))
     else:
         row.update(meta_update_s=None, meta_update_one_group_s=None, meta_update_per_task_s=None, iteration_s=None,
-                   update_peak_mb=None)
+                   update_peak_mb=None, update_gpu_mb=None)
     row["eval_s"] = evaluation_time(config, args.checkpoint) if args.eval else None
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return row
@@ -413,6 +431,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines += [f"{r['env']}: {r['config']} ({r['source']}), {r['threads']} threads, meta-update on "
               f"{'packed' if r['packed'] else 'padded'} episodes"
               + (f", policy of {r['checkpoint']}" if r["checkpoint"] else "")
+              + (f", meta-update's peak GPU memory {r['update_gpu_mb']:,.0f} MiB" if r.get("update_gpu_mb") else "")
               + (f"; sync is Meta-World's own code, with metarl's kernels {r['sync_kernels_steps_per_s']:,.0f} steps/s"
                  f" (sampler {r['sampler_steps_per_s'] / r['sync_kernels_steps_per_s']:.2f}x that)"
                  if r.get("sync_kernels_steps_per_s") else "") for r in rows]

@@ -56,6 +56,7 @@ def test_bench_measures_any_config_file_as_it_trains(capsys):
     assert promp["meta_update_one_group_s"] is None  # a TRPO-only figure
     for row in (authors, promp):
         assert row["peak_rss_mb"] > 50 and row["update_peak_mb"] is not None
+        assert row["update_gpu_mb"] is None  # measured on cuda only
     assert main(["bench", "--config", str(EXPERIMENTS / "missing.yaml")]) == 2
 
 
