@@ -12,7 +12,15 @@ PYTHON=${PYTHON:-python3}
 OUT_DIR=${1:-gpu_check}
 TEST_TIMEOUT=${TEST_TIMEOUT:-900}
 mkdir -p "$OUT_DIR"
-export MUJOCO_GL=${MUJOCO_GL:-egl} WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
+export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
+if [ -z "${MUJOCO_GL:-}" ]; then  # EGL where MuJoCo can load it; without libEGL even `import mujoco` fails
+  if MUJOCO_GL=egl "$PYTHON" -c "import mujoco" 2>/dev/null; then
+    export MUJOCO_GL=egl
+  else
+    echo "MuJoCo cannot load EGL here: MUJOCO_GL=disable, so the tests that render fail"
+    export MUJOCO_GL=disable
+  fi
+fi
 failed=()
 log() { echo "=== $(date +%T) $*"; }
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 2
