@@ -17,7 +17,7 @@ if [ -z "${MUJOCO_GL:-}" ]; then  # EGL where MuJoCo can load it; without libEGL
   if MUJOCO_GL=egl "$PYTHON" -c "import mujoco" 2>/dev/null; then
     export MUJOCO_GL=egl
   else
-    echo "MuJoCo cannot load EGL here: MUJOCO_GL=disable, so the tests that render fail"
+    echo "MuJoCo does not import with MUJOCO_GL=egl here (no libEGL?): MUJOCO_GL=disable, rendering off"
     export MUJOCO_GL=disable
   fi
 fi

@@ -17,8 +17,8 @@ any experiment config as shipped (``--config FILE``), it measures:
   metarl's bit-identical replacements of its hottest Python (``metarl.envs.metaworld_kernels``),
   which the sampler uses: the two gains, kernels and worker processes, apart.
 - ``meta_update_s``: one meta-update on a sampled batch as training runs it (the config's outer
-  update, inner loss and step sizes; TRPO with tasks stacked in cache-sized groups, on a GPU in one
-  group of up to 262,144 steps);
+  update, inner loss and step sizes; TRPO with tasks stacked in cache-sized groups, on a GPU in
+  groups of about 262,144 steps);
   for TRPO also ``meta_update_one_group_s`` with all tasks stacked in one group, and
   ``meta_update_per_task_s`` task by task, as the reference implementations compute it. All three
   are the same update (see ``metarl.maml.trpo_meta_step``).
@@ -278,9 +278,9 @@ def meta_update_times(config: cfg.Config, repeats: int, checkpoint: str | None =
         torch.cuda.reset_peak_memory_stats(parts.device)
     with rss_growth(memory):  # the first update: later ones reuse what the allocator kept from it
         as_trained()
+    gpu_mb = (torch.cuda.max_memory_allocated(parts.device) - gpu_before) / 2**20 if gpu else None
     times: dict[str, float | None] = {
-        "meta_update_s": best_of(repeats, as_trained)[0], "update_peak_mb": memory["mb"],
-        "update_gpu_mb": (torch.cuda.max_memory_allocated(parts.device) - gpu_before) / 2**20 if gpu else None,
+        "meta_update_s": best_of(repeats, as_trained)[0], "update_peak_mb": memory["mb"], "update_gpu_mb": gpu_mb,
     }
     is_trpo = maml.outer == "trpo"
     times["meta_update_one_group_s"] = best_of(repeats, trpo(len(tasks)))[0] if is_trpo else None

@@ -142,8 +142,8 @@ class TRPOConfig:
     """Step shrink factor between line-search candidates."""
     tasks_per_group: int = 0
     """Tasks stacked together in the meta-update's batched computation; 0 picks groups of about
-    8192 steps on the CPU (cache-sized) and 262144 on a GPU. The update is the same for any value,
-    only the speed differs."""
+    8192 steps on the CPU (cache-sized) and 262144 on a GPU (at least one task). The update is the
+    same for any value, only the speed differs."""
     cg_subsample: float = 1.0
     """Fraction of the meta-batch's tasks whose KL curvature the conjugate gradient uses (rllab's
     ``subsample_factor``): 1 is the exact TRPO step; 0.25 makes each curvature product about 4x

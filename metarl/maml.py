@@ -88,10 +88,13 @@ def magic_box(x: Tensor) -> Tensor:
 
 
 def segment_cumsum(values: Tensor, starts: Tensor, mask: Tensor) -> Tensor:
-    """Cumulative sum along the last dim that restarts with every segment, ``out_t = sum_{s_t <= u <= t} x_u``.
+    """Cumulative sum along the last dim that restarts with every segment: ``out_t`` is the sum of the
+    valid ``x_u`` with ``s_t <= u <= t``, and 0 where ``mask`` is 0.
 
-    ``s_t`` (``starts``, same shape, integer) is the index of the first element of ``t``'s segment;
-    segments are contiguous runs (a packed row of episodes). Where ``mask`` is 0 the output is 0.
+    ``s_t`` (``starts``, same shape, integer) is the index of the first element of ``t``'s segment.
+    Each segment is a contiguous run of valid elements from its start, as :meth:`Episodes.pack` lays
+    out a row of episodes (its padding after them, each slot its own start); other layouts are not
+    checked and give wrong sums.
 
     The values are put into a ``[rows, segments, longest segment]`` buffer and read back, each
     element into and out of its own slot, and summed there by ``cumsum``: every derivative, of any
@@ -103,12 +106,12 @@ def segment_cumsum(values: Tensor, starts: Tensor, mask: Tensor) -> Tensor:
     flat, starts, valid = values.reshape(-1, width), starts.reshape(-1, width), mask.reshape(-1, width).bool()
     row, col = valid.nonzero(as_tuple=True)
     if row.numel() == 0:
-        return values * 0
+        return values.masked_fill(~mask.bool(), 0.0)  # zeros, still on values' graph
     offset = torch.arange(width, device=values.device) - starts  # place within the segment
     segment = torch.cumsum((valid & (offset == 0)).long(), dim=-1) - 1  # which segment of its row
     seg, off = segment[row, col], offset[row, col]
     lengths = torch.stack([seg.max(), off.max()]) + 1
-    num_segments, longest = (int(n) for n in lengths.tolist())  # one device sync for both
+    num_segments, longest = lengths.tolist()
     buffer = flat.new_zeros(flat.shape[0], num_segments, longest).index_put((row, seg, off), flat[row, col])
     summed = torch.cumsum(buffer, dim=-1)[row, seg, off]
     return flat.new_zeros(flat.shape).index_put((row, col), summed).reshape(values.shape)
@@ -498,16 +501,17 @@ def _meta_problem(
 #: about this many steps, small enough for the activations to stay in cache (see :func:`trpo_meta_step`).
 GROUP_STEPS = 8192
 #: The same on a GPU, where there is no cache to fit and each group costs kernel launches: the fewer
-#: groups the faster, as memory allows. Measured (``metarl bench --config experiments/halfcheetah_vel.yaml
-#: --set run.device=cuda``, an H200; README "Installing for a GPU"): all 40 tasks (80k steps) in one
-#: group 0.11-0.15 s, groups of 8192 steps 1.31 s; a group of 264k steps of that 2x100 policy
-#: took 1.2 GB of GPU memory.
+#: groups the faster. Measured (``metarl bench --config experiments/halfcheetah_vel.yaml --set
+#: run.device=cuda``, an H200; README "Installing for a GPU"): all 40 tasks (80k steps) in one group
+#: 0.11-0.15 s, groups of 8192 steps 1.31 s; one group of 264k steps of that 64-64 policy peaked at
+#: 1.2 GiB. Every group's graph is kept through the conjugate gradient whatever the grouping, so
+#: this bounds only each curvature product's temporaries, not the update's memory.
 GPU_GROUP_STEPS = 2**18
 
 
 def default_tasks_per_group(batch: MetaBatch) -> int:
     """Tasks per group so that a group holds about :data:`GROUP_STEPS` steps of one episode batch
-    (:data:`GPU_GROUP_STEPS` where the batch is on a GPU)."""
+    (:data:`GPU_GROUP_STEPS` where the batch is on a GPU), at least one task."""
     steps_per_task = batch.valid.rewards[0].numel()
     budget = GROUP_STEPS if batch.valid.rewards.device.type == "cpu" else GPU_GROUP_STEPS
     return max(1, min(batch.num_tasks, round(budget / steps_per_task)))

@@ -68,7 +68,7 @@ def init_local_ray(ray) -> None:
     tests = os.path.dirname(os.path.abspath(__file__))
     path = os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "MUJOCO_GL": "egl"}})
+             runtime_env={"env_vars": {"PYTHONPATH": path, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}})
 
 
 class TruncatingCounterEnv(CounterEnv):
