@@ -17,7 +17,8 @@ for the env beside ours with whether it lies in our interval. Writes ``report.md
 ``info["success"]`` (Meta-World). ``--tasks train`` reports the runs' evaluation on meta-training
 tasks instead (``eval_train.json``, from ``metarl evaluate RUN eval.tasks=train``; Meta-World's
 tables give meta-train success beside meta-test), to ``report_train.*``, without baselines or
-paper figures (both are about test tasks).
+paper figures (both are about test tasks). Where the tasks name their class (Meta-World's ML10
+and ML45), a table per class follows, each over the class's tasks.
 """
 
 from __future__ import annotations
@@ -171,6 +172,15 @@ def scores(members: list[RunResult], step: int, per_task: bool, metric: str = "r
     return np.array([[r.eval[keys["mean"]][step]] for r in members], dtype=np.float64)
 
 
+def task_classes(run: RunResult) -> dict[str, list[int]] | None:
+    """``{class: indices of its tasks}`` where the evaluated tasks name their class (``env_name``,
+    Meta-World's ML10/ML45) and there are several; None otherwise."""
+    names = [t.get("env_name") if isinstance(t, dict) else None for t in run.eval.get("tasks") or []]
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) < 2:
+        return None
+    return {name: [i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)}
+
+
 def _baselines(members: list[RunResult], shared: dict[str, Any] | None) -> tuple[float, float, str] | None:
     """(pretrained after one step, oracle, where from) for the gap fraction, or None."""
     sources = [shared] if shared else [r.baselines for r in members if r.baselines]
@@ -306,6 +316,15 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
                               for k in range(min(steps, len(means)))]
         group["training"] = {key: training_band(members, key, reps, seed, x) for key in keys["training"]}
         out["groups"].append(group)
+    classes = task_classes(runs[0]) if per_task else None  # per_task: every run has the same tasks
+    out["per_class"] = []
+    for label, members in (groups.items() if classes else ()):
+        over = interval_over([members], per_task)
+        for name, rows in classes.items():
+            out["per_class"].append({
+                "label": label, "class": name, "num_tasks": len(rows), "interval_over": over,
+                "mean": [stats.interval(scores(members, k, per_task, metric)[:, rows], stats.mean, reps, seed,
+                                        over="tasks" if over == "tasks" else "runs").as_dict() for k in range(steps)]})
     if any("paper" in g or "paper" in g.get("gap", {}) for g in out["groups"]):  # a paper figure is shown
         out["paper_env"] = paper
     out["baselines"] = baseline_rows(runs, baselines) if metric == "return" else []
@@ -358,6 +377,13 @@ def markdown(report: dict[str, Any]) -> str:
                          + " | ".join(["yes" if p["in_interval"] else "no" for p in g["paper"]] + pad) + " |")
             lines.append(f"| {g['label']}, single seeds | "
                          + " | ".join(f"{min(v):.2f} to {max(v):.2f}" for v in g["run_means"]) + " |")
+    if report.get("per_class"):
+        lines += ["", f"Per class: mean over seeds and the class's {tasks} [95% interval, as above]:", "",
+                  f"| setting | class | {tasks} | {_steps_header(steps)} |",
+                  "| --- | --- | --- |" + " --- |" * len(steps)]
+        for row in report["per_class"]:
+            lines.append(f"| {row['label']} | {row['class']} | {row['num_tasks']}{_mark(row)} | "
+                         + " | ".join(map(_cell, row["mean"])) + " |")
     lines += ["", f"IQM (interquartile mean over seeds x {tasks}):", "",
               f"| setting | seeds | {_steps_header(steps)} |", "| --- | --- |" + " --- |" * len(steps)]
     for g in groups:

@@ -162,6 +162,37 @@ def test_success_rates_are_reported_with_their_intervals_and_training_curves(tmp
     assert "no success_rate" in capsys.readouterr().err
 
 
+def test_tasks_that_name_their_class_get_a_table_per_class(tmp_path):
+    # Meta-World-like tasks, classes interleaved as ML10's test tasks are; two seeds.
+    tasks = [{"env_name": name, "split": "test", "placement": i // 2} for i, name in enumerate(["a", "b"] * 3)]
+    runs, success = tmp_path / "runs", {}
+    for seed in range(2):
+        success[seed] = np.random.default_rng(seed).integers(0, 4, size=(2, 6)) / 3
+        path = fake_run(runs, f"s{seed}", seed, _returns(seed, 0.0)[:2].repeat(2, axis=1)[:, :6], tasks=tasks)
+        result = json.loads((path / "eval.json").read_text())
+        result.update(success_rate=success[seed].mean(1).tolist(), per_task_success=success[seed].tolist())
+        (path / "eval.json").write_text(json.dumps(result))
+        lines = [{**json.loads(line), "pre_success": 0.1, "post_success": 0.2}
+                 for line in (path / "metrics.jsonl").read_text().splitlines()]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--metric", "success", "--out", str(out), "--reps", "500"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["class"], r["num_tasks"]) for r in report["per_class"]] == [("a", 3), ("b", 3)]
+    b = np.stack([success[s][1][[1, 3, 5]] for s in range(2)])  # class b's tasks after one step
+    assert report["per_class"][1]["mean"][1] == stats.interval(b, stats.mean, reps=500).as_dict()
+    assert report["per_class"][1]["interval_over"] == "runs"  # two seeds
+    assert f"| b | 3 | {np.stack([success[s][0][[1, 3, 5]] for s in range(2)]).mean():.2f} [" in \
+        (out / "report.md").read_text()
+    # One class (ML1), or tasks without a class: no such table.
+    assert main(["report", str(runs), "--out", str(out), "--reps", "500"]) == 0  # returns: by class too
+    assert len(json.loads((out / "report.json").read_text())["per_class"]) == 2
+    plain = tmp_path / "plain"
+    fake_run(plain, "p0", 0, _returns(0, 0.0))
+    assert main(["report", str(plain), "--out", str(tmp_path / "r2"), "--reps", "500"]) == 0
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["per_class"] == []
+
+
 def test_meta_training_evaluations_are_reported_apart(tmp_path, capsys):
     """--tasks train: each run's eval_train.json, to report_train.*, never its test eval, baselines or the paper."""
     runs = tmp_path / "runs"
