@@ -538,10 +538,10 @@ def trpo_meta_step(
     matmul per layer for the whole group), and the groups' gradients and curvature products are
     summed. The update is the same for any grouping (tested); only the speed differs. ``None``
     picks groups of about :data:`GROUP_STEPS` steps, whose activations stay in cache (on a GPU,
-    :data:`GPU_GROUP_STEPS`); ``metarl
-    bench`` compares it with one group of all tasks and with task by task (as the reference
-    implementations compute it). Meta-SGD step sizes (a dict of the :class:`MetaSGDStepSizes`'
-    parameters) are updated in place with ``theta``, under the same KL bound.
+    :data:`GPU_GROUP_STEPS`); ``metarl bench`` compares it with one group of all tasks and with
+    task by task (as the reference implementations compute it). Meta-SGD step sizes (a dict of the
+    :class:`MetaSGDStepSizes`' parameters) are updated in place with ``theta``, under the same KL
+    bound.
 
     ``cg_subsample < 1`` estimates the KL Hessian on the first ``ceil(cg_subsample * T)`` tasks
     only (the tasks are drawn independently, so any fixed subset is a uniform one), as rllab's
