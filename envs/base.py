@@ -130,6 +130,14 @@ def missing_protocol(env: gym.Env) -> list[str]:
     return missing
 
 
+def tasks_by_class(names: list[Any]) -> dict[str, list[int]] | None:
+    """``{class: indices of its tasks}``, in order of first appearance, from each task's class name
+    (Meta-World's ``env_name``); None unless every task has one (a string)."""
+    if not names or not all(isinstance(n, str) for n in names):
+        return None
+    return {name: [i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)}
+
+
 def task_to_json(task: Any) -> Any:
     """A JSON-serialisable form of a task (dataclasses become dicts, tuples become lists)."""
     if dataclasses.is_dataclass(task) and not isinstance(task, type):

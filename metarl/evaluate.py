@@ -16,7 +16,7 @@ import gymnasium as gym
 import torch
 
 from metarl import config as cfg
-from metarl.envs.base import implements, task_to_json
+from metarl.envs.base import implements, task_to_json, tasks_by_class
 from metarl.maml import MetaSGDStepSizes, adapt, cavia_step_size
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, expand_params
 from metarl.sampler import BaseSampler
@@ -135,9 +135,8 @@ def evaluate(
         result["success_rate"] = [float(s.mean()) for s in per_task_success]
         result["success_stderr"] = [stderr(s) for s in per_task_success]
         result["per_task_success"] = [s.tolist() for s in per_task_success]
-        names = [getattr(t, "env_name", None) for t in tasks]
-        if all(isinstance(n, str) for n in names):
-            members = {name: [i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)}
+        members = tasks_by_class([getattr(t, "env_name", None) for t in tasks])
+        if members:
             result["per_class_success"] = {name: [float(s[rows].mean()) for s in per_task_success]
                                            for name, rows in members.items()}
             result["per_class_success_stderr"] = {name: [stderr(s[rows]) for s in per_task_success]

@@ -33,6 +33,7 @@ import numpy as np
 
 from metarl import config as cfg
 from metarl import stats
+from metarl.envs.base import tasks_by_class
 from metarl.paper import COMPARABLE_RETURNS, paper_env, paper_gap_fraction, paper_results
 from metarl.run.rundir import allowed, read_metrics
 
@@ -175,10 +176,8 @@ def scores(members: list[RunResult], step: int, per_task: bool, metric: str = "r
 def task_classes(run: RunResult) -> dict[str, list[int]] | None:
     """``{class: indices of its tasks}`` where the evaluated tasks name their class (``env_name``,
     Meta-World's ML10/ML45) and there are several; None otherwise."""
-    names = [t.get("env_name") if isinstance(t, dict) else None for t in run.eval.get("tasks") or []]
-    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) < 2:
-        return None
-    return {name: [i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)}
+    members = tasks_by_class([t.get("env_name") if isinstance(t, dict) else None for t in run.eval.get("tasks") or []])
+    return members if members and len(members) > 1 else None
 
 
 def _baselines(members: list[RunResult], shared: dict[str, Any] | None) -> tuple[float, float, str] | None:
@@ -320,11 +319,12 @@ def build_report(runs: list[RunResult], by: list[str] | None = None, baselines: 
     out["per_class"] = []
     for label, members in (groups.items() if classes else ()):
         over = interval_over([members], per_task)
+        per_step = [scores(members, k, per_task, metric) for k in range(steps)]  # [runs, tasks] each
         for name, rows in classes.items():
             out["per_class"].append({
                 "label": label, "class": name, "num_tasks": len(rows), "interval_over": over,
-                "mean": [stats.interval(scores(members, k, per_task, metric)[:, rows], stats.mean, reps, seed,
-                                        over="tasks" if over == "tasks" else "runs").as_dict() for k in range(steps)]})
+                "mean": [stats.interval(x[:, rows], stats.mean, reps, seed,
+                                        over="tasks" if over == "tasks" else "runs").as_dict() for x in per_step]})
     if any("paper" in g or "paper" in g.get("gap", {}) for g in out["groups"]):  # a paper figure is shown
         out["paper_env"] = paper
     out["baselines"] = baseline_rows(runs, baselines) if metric == "return" else []

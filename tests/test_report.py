@@ -184,9 +184,10 @@ def test_tasks_that_name_their_class_get_a_table_per_class(tmp_path):
     assert report["per_class"][1]["interval_over"] == "runs"  # two seeds
     assert f"| b | 3 | {np.stack([success[s][0][[1, 3, 5]] for s in range(2)]).mean():.2f} [" in \
         (out / "report.md").read_text()
-    # One class (ML1), or tasks without a class: no such table.
-    assert main(["report", str(runs), "--out", str(out), "--reps", "500"]) == 0  # returns: by class too
+    # Returns get the table too.
+    assert main(["report", str(runs), "--out", str(out), "--reps", "500"]) == 0
     assert len(json.loads((out / "report.json").read_text())["per_class"]) == 2
+    # Tasks without a class: no such table.
     plain = tmp_path / "plain"
     fake_run(plain, "p0", 0, _returns(0, 0.0))
     assert main(["report", str(plain), "--out", str(tmp_path / "r2"), "--reps", "500"]) == 0
